@@ -1,0 +1,264 @@
+"""The workflow config: JSON-schema validation with defaults, one-line errors, and the job grid it implies.
+
+The Snakefile calls :func:`load_config` once; rules only ask this module which jobs exist and what settings a
+job gets, so the grid logic is plain Python that tests can call without Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from pspo.errors import PSPOError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+BASE = "base"  # the tag of the untrained model in evaluation paths
+# A tag names one evaluated model: "base" or "<run id>_seed<seed>".
+TAG_RE = re.compile(r"^(?P<run_id>.+)_seed(?P<seed>\d+)$")
+
+
+def _extend_with_defaults(validator_class):
+    """A validator that fills in schema defaults while it validates (the jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_defaults(Draft202012Validator)
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _error_line(error, schema: dict) -> str:
+    where = _where(error.absolute_path)
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = extra[0] if extra else "?"
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys: {', '.join(allowed)}"
+        return f"config: unknown key {key!r} in {where}; {fix}"
+    if error.validator == "enum":
+        return f"config: {where} = {error.instance!r} is not valid; choose one of {error.validator_value}"
+    if error.validator == "required":
+        return f"config: {where}: {error.message}"
+    return f"config: {where}: {error.message}"
+
+
+def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Return a validated deep copy of ``config`` with every default filled in; raise PSPOError on the first problem."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = copy.deepcopy(config) if config is not None else {}
+    validator = _DefaultFillingValidator(schema)
+    # Fill defaults for $ref'd sub-objects (resources) that the generic recipe cannot see through $ref.
+    for model in (config.get("models") or {}).values():
+        if isinstance(model, dict):
+            for key in ("train_resources", "eval_resources"):
+                model.setdefault(key, {})
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise PSPOError(_error_line(errors[0], schema))
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(cfg: dict) -> None:
+    runs = cfg["runs"]
+    for name in runs:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
+            raise PSPOError(f"config: run name {name!r} may use only letters, digits, '.' and '-'")
+    for model_name, model in cfg["models"].items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
+            raise PSPOError(f"config: model name {model_name!r} may use only letters, digits, '.', '_' and '-'")
+        for run in model["runs"] or []:
+            if run not in runs:
+                raise PSPOError(f"config: models.{model_name}.runs names unknown run {run!r}; defined runs: {', '.join(runs)}")
+        for run in model["hyperparameters"]:
+            if run not in runs:
+                raise PSPOError(
+                    f"config: models.{model_name}.hyperparameters has unknown run {run!r}; defined runs: {', '.join(runs)}"
+                )
+        if model["source"] in ("hub", "local") and not model["path"]:
+            raise PSPOError(f"config: models.{model_name}.path is required for source {model['source']!r}")
+        if model["source"] == "gguf_package" and not (model["package"] and model["gguf_file"]):
+            raise PSPOError(f"config: models.{model_name} with source gguf_package needs `package` and `gguf_file`")
+    if cfg["main_alpha"] not in cfg["alphas"] and any(r["objective"] == "pspo" for r in runs.values()):
+        raise PSPOError(f"config: main_alpha {cfg['main_alpha']} is not one of alphas {cfg['alphas']}; add it to `alphas`")
+    for run in cfg["evaluation"]["sampled"]["runs"]:
+        if run not in runs:
+            raise PSPOError(f"config: evaluation.sampled.runs names unknown run {run!r}; defined runs: {', '.join(runs)}")
+    if len(set(cfg["seeds"])) != len(cfg["seeds"]):
+        raise PSPOError(f"config: seeds {cfg['seeds']} has duplicates")
+    for run_name, run in runs.items():
+        if "smoothing_alpha" in run["grpo"]:
+            raise PSPOError(f"config: runs.{run_name}.grpo.smoothing_alpha: set alphas with the top-level `alphas` list")
+
+
+def load_config(path_or_dict: str | Path | dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    if isinstance(path_or_dict, dict):
+        raw = path_or_dict
+    else:
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise PSPOError(f"config file {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise PSPOError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return validate(raw, schema_path)
+
+
+# --- the job grid -----------------------------------------------------------------------------------------------
+
+def run_id(run_name: str, alpha: float | None) -> str:
+    """The directory name of a trained run: the run name, plus ``-a<alpha>`` for alpha-dependent objectives."""
+    return run_name if alpha is None else f"{run_name}-a{alpha:g}"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    model: str
+    run: str  # key of cfg["runs"]
+    alpha: float | None
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.run, self.alpha)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.run_id}_seed{self.seed}"
+
+
+def model_runs(cfg: dict, model: str) -> list[str]:
+    selected = cfg["models"][model]["runs"]
+    return list(cfg["runs"]) if selected is None else list(selected)
+
+
+def run_alphas(cfg: dict, run: str) -> list[float | None]:
+    """Alpha-independent objectives are trained once, not once per alpha."""
+    return list(cfg["alphas"]) if cfg["runs"][run]["objective"] == "pspo" else [None]
+
+
+def train_jobs(cfg: dict) -> list[TrainJob]:
+    return [
+        TrainJob(model, run, alpha, seed)
+        for model in cfg["models"]
+        for run in model_runs(cfg, model)
+        for alpha in run_alphas(cfg, run)
+        for seed in cfg["seeds"]
+    ]
+
+
+def find_train_job(cfg: dict, model: str, run_id_: str, seed: int) -> TrainJob:
+    for job in train_jobs(cfg):
+        if job.model == model and job.run_id == run_id_ and job.seed == int(seed):
+            return job
+    known = sorted({j.run_id for j in train_jobs(cfg) if j.model == model})
+    raise PSPOError(f"no training job {model}/{run_id_}/seed{seed} in this config; runs for {model}: {', '.join(known)}")
+
+
+def grpo_settings(cfg: dict, job: TrainJob) -> dict[str, Any]:
+    """PSPOConfig keyword arguments of one job: shared training.grpo < runs.<run>.grpo < models.<m>.hyperparameters.<run>."""
+    run = cfg["runs"][job.run]
+    settings = dict(cfg["training"]["grpo"])
+    settings.update(run["grpo"])
+    settings.update(cfg["models"][job.model]["hyperparameters"].get(job.run, {}))
+    settings["objective"] = run["objective"]
+    settings["seed"] = job.seed
+    if job.alpha is not None:
+        settings["smoothing_alpha"] = job.alpha
+    return settings
+
+
+def run_label(cfg: dict, run: str, alpha: float | None = None) -> str:
+    label = cfg["runs"][run].get("label") or run
+    return label if alpha is None else f"{label} (α={alpha:g})"
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    model: str
+    tag: str  # "base" or TrainJob.tag
+    benchmark: str
+    temperature: float
+    n_samples: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.benchmark}_T{self.temperature:g}_n{self.n_samples}"
+
+
+def eval_jobs(cfg: dict) -> list[EvalJob]:
+    ev = cfg["evaluation"]
+    jobs = []
+    for model in cfg["models"]:
+        tags = [BASE] + [j.tag for j in train_jobs(cfg) if j.model == model]
+        jobs += [EvalJob(model, tag, b, 0.0, 1) for tag in tags for b in ev["benchmarks"]]
+    sampled = ev["sampled"]
+    for job in train_jobs(cfg):
+        if job.run in sampled["runs"] and job.alpha in (None, cfg["main_alpha"]):
+            jobs += [
+                EvalJob(job.model, job.tag, b, t, sampled["n_samples"])
+                for b in sampled["benchmarks"]
+                for t in sampled["temperatures"]
+            ]
+    if sampled["runs"]:
+        for model in cfg["models"]:
+            jobs += [
+                EvalJob(model, BASE, b, t, sampled["n_samples"]) for b in sampled["benchmarks"] for t in sampled["temperatures"]
+            ]
+    return jobs
+
+
+# --- what each job depends on -------------------------------------------------------------------------------------
+# Snakemake reruns a job when its params change, so each rule gets only the settings it depends on: changing one
+# config value reruns only the jobs that use it.
+
+def split_settings(cfg: dict) -> dict:
+    d = cfg["data"]
+    return {k: d[k] for k in ("source", "dir", "train_size", "val_size", "train_limit")}
+
+
+def eval_data_settings(cfg: dict, benchmark: str) -> dict:
+    d = cfg["data"]
+    subset = {"asdiv": d["asdiv_subset"], "svamp": d["svamp_subset"]}.get(benchmark, "all")
+    return {"source": d["source"], "dir": d["dir"], "benchmark": benchmark, "subset": subset,
+            "limit": d["eval_limit"], "seed": d["eval_seed"]}
+
+
+def generation_settings(cfg: dict, temperature: float, n_samples: int) -> dict:
+    ev = cfg["evaluation"]
+    out = {k: ev[k] for k in ("max_new_tokens", "backend", "dtype", "batch_size")}
+    out.update(temperature=temperature, n_samples=n_samples, top_p=ev["sampled"]["top_p"] if temperature > 0 else 1.0)
+    return out
+
+
+# --- the report's layout (here, not in pspo.report, so the Snakefile does not import pandas to plan the DAG) ------
+
+FIGURES = ("figure1_surrogate", "training_curves", "accuracy")
+
+
+def table_names(cfg: dict) -> list[str]:
+    names = ["hyperparameters"] + [f"main_{m}" for m in cfg["models"]]
+    names += ["alpha_ablation", "response_quality", "reported_vs_reproduced", "provenance"]
+    if cfg["evaluation"]["sampled"]["runs"] and cfg["evaluation"]["sampled"]["temperatures"]:
+        names.append("sampling")
+    return names

@@ -1,0 +1,64 @@
+"""The glue between Snakemake's `script:` directive and the package: logging, threads, one-line errors.
+
+Every script in workflow/scripts is ``run_job(snakemake, lambda: <one package call>)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import Any, Callable
+
+
+def run_job(smk: Any, body: Callable[[], Any]) -> None:
+    """Run ``body`` with stdout/stderr appended to the rule's log; a PSPOError exits with its one line on stderr."""
+    from pspo.errors import PSPOError
+
+    threads = int(getattr(smk, "threads", 1) or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log_path = smk.log[0] if len(smk.log) else None
+    log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
+    start = time.time()
+    try:
+        with contextlib.ExitStack() as stack:
+            if log:
+                stack.enter_context(contextlib.redirect_stdout(log))
+                stack.enter_context(contextlib.redirect_stderr(log))
+            _set_torch_threads(threads)
+            body()
+        if log:
+            log.write(f"done in {time.time() - start:.1f} s\n")
+    except PSPOError as error:
+        line = f"error: {error}"
+        if log:
+            log.write(line + "\n")
+        print(line, file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if log:
+            log.close()
+
+
+def _set_torch_threads(threads: int) -> None:
+    if "torch" in sys.modules or threads:
+        try:
+            import torch
+        except ImportError:
+            return
+        torch.set_num_threads(threads)
+
+
+def ensure_gpu(what: str) -> None:
+    """Fail at once, with the way out, when a GPU-sized job lands on a machine without a GPU."""
+    import torch
+
+    from pspo.errors import PSPOError
+
+    if not torch.cuda.is_available():
+        raise PSPOError(
+            f"{what} is a GPU-sized job and this machine has no GPU: run the CPU grid "
+            "(--configfile config/cpu.yaml) or submit to a cluster with `snakemake --profile slurm`"
+        )

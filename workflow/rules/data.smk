@@ -1,0 +1,43 @@
+# Data: the seed-shuffled GSM8K train/validation split and the (sub)sets evaluated. Local rules: with
+# data.source = hub they need the internet, which HPC compute nodes often lack.
+
+
+localrules:
+    split_train,
+    eval_data,
+
+
+def data_inputs(*names):
+    """Local JSONL sources are inputs, so editing a data file reruns what depends on it."""
+    if CFG["data"]["source"] != "local":
+        return []
+    return [os.path.join(CFG["data"]["dir"], name) for name in names]
+
+
+rule split_train:
+    input:
+        data_inputs("gsm8k_train.jsonl"),
+    output:
+        train=f"{R}/data/gsm8k_train_seed{{seed}}.jsonl",
+        val=f"{R}/data/gsm8k_val_seed{{seed}}.jsonl",
+    log:
+        f"{R}/logs/data/split_seed{{seed}}.log",
+    params:
+        split=pspo_config.split_settings(CFG),
+    script:
+        "../scripts/split_train.py"
+
+
+rule eval_data:
+    input:
+        lambda w: data_inputs(
+            "gsm8k_test.jsonl" if w.benchmark == "gsm8k" else f"{w.benchmark}.jsonl"
+        ),
+    output:
+        f"{R}/data/eval/{{benchmark}}.jsonl",
+    log:
+        f"{R}/logs/data/eval_{{benchmark}}.log",
+    params:
+        selection=lambda w: pspo_config.eval_data_settings(CFG, w.benchmark),
+    script:
+        "../scripts/eval_data.py"

@@ -1,0 +1,33 @@
+# Evaluation: one job per (base model or checkpoint, benchmark, temperature). The base model is evaluated once
+# and shared by every comparison. Metrics are computed from the per-sample file.
+
+
+def eval_model_dir(wildcards):
+    if wildcards.tag == BASE:
+        return f"{R}/models/{wildcards.model}"
+    match = pspo_config.TAG_RE.match(wildcards.tag)
+    return f"{R}/train/{wildcards.model}/{match['run_id']}/seed{match['seed']}/model"
+
+
+rule evaluate:
+    input:
+        model=eval_model_dir,
+        data=f"{R}/data/eval/{{benchmark}}.jsonl",
+    output:
+        samples=f"{R}/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.samples.jsonl",
+        metrics=f"{R}/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.metrics.json",
+    log:
+        f"{R}/logs/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.log",
+    threads: model_resources("eval_resources")("threads")
+    resources:
+        gpu=model_resources("eval_resources")("gpus"),
+        mem_mb=model_resources("eval_resources")("mem_mb"),
+        runtime=model_resources("eval_resources")("runtime"),
+    params:
+        generation=lambda w: pspo_config.generation_settings(
+            CFG, float(w.temperature), int(w.n)
+        ),
+        system_prompt=lambda w: CFG["models"][w.model]["system_prompt"],
+        require_gpu=lambda w: CFG["models"][w.model]["eval_resources"]["gpus"] > 0,
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,5 @@
+"""Thin adapter: the evaluated rows of one benchmark (pspo.data)."""
+from pspo.data import write_eval_rows
+from pspo.workflow import run_job
+
+run_job(snakemake, lambda: write_eval_rows(out=snakemake.output[0], **snakemake.params.selection))

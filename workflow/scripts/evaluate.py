@@ -1,0 +1,29 @@
+"""Thin adapter: evaluate one model on one benchmark at one temperature (pspo.evaluation.evaluate)."""
+from pspo.evaluation import evaluate
+from pspo.workflow import ensure_gpu, run_job
+
+g, w = snakemake.params.generation, snakemake.wildcards
+
+
+def body():
+    if snakemake.params.require_gpu:
+        ensure_gpu(f"evaluation of {w.model}/{w.tag}")
+    evaluate(
+        model_dir=snakemake.input.model,
+        benchmark=w.benchmark,
+        data_file=snakemake.input.data,
+        out_samples=snakemake.output.samples,
+        out_metrics=snakemake.output.metrics,
+        temperature=g["temperature"],
+        n_samples=g["n_samples"],
+        top_p=g["top_p"],
+        max_new_tokens=g["max_new_tokens"],
+        backend=g["backend"],
+        dtype=g["dtype"],
+        batch_size=g["batch_size"],
+        system_prompt=snakemake.params.system_prompt,
+        provenance_extra={"model": w.model, "tag": w.tag},
+    )
+
+
+run_job(snakemake, body)

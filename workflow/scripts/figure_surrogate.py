@@ -1,0 +1,10 @@
+"""Thin adapter: the paper's Figure 1 (pspo.report.figure_surrogate)."""
+from pspo.report import figure_surrogate
+from pspo.workflow import run_job
+
+run_job(
+    snakemake,
+    lambda: figure_surrogate(
+        snakemake.output.png, snakemake.output.pdf, epsilon=snakemake.params.epsilon, alpha=snakemake.params.alpha
+    ),
+)

@@ -1,0 +1,27 @@
+"""Thin adapter: one GRPO training run (pspo.train.run_training)."""
+from pspo.train import run_training
+from pspo.workflow import run_job
+
+p, out = snakemake.params, snakemake.output
+settings = dict(p.settings)
+run_job(
+    snakemake,
+    lambda: run_training(
+        model_dir=snakemake.input.model,
+        train_file=snakemake.input.train,
+        val_file=snakemake.input.val,
+        output_dir=out.model,
+        log_csv=out.log_csv,
+        summary_json=out.summary,
+        checkpoint_dir=p.checkpoint_dir,
+        objective=settings.pop("objective"),
+        alpha=settings.pop("smoothing_alpha", None),
+        seed=settings["seed"],
+        grpo_settings=settings,
+        reward=p.reward,
+        system_prompt=p.system_prompt,
+        keep_checkpoints=p.keep_checkpoints,
+        require_gpu=p.require_gpu,
+        provenance_extra={"model": snakemake.wildcards.model, "run_id": snakemake.wildcards.run_id},
+    ),
+)
