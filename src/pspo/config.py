@@ -78,8 +78,36 @@ def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     return config
 
 
+GRPO_FIELDS_PATH = Path(__file__).with_name("grpo_config_fields.txt")
+# Keys the workflow sets itself (objective, alpha, seed) or that PSPOConfig adds to TRL's GRPOConfig.
+MANAGED_GRPO_KEYS = ("objective", "smoothing_alpha", "seed", "output_dir")
+
+
+def grpo_config_fields() -> frozenset[str]:
+    """GRPOConfig's field names, read from a list shipped with the package (importing TRL here takes seconds)."""
+    lines = GRPO_FIELDS_PATH.read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _check_grpo_keys(where: str, settings: dict) -> None:
+    fields = grpo_config_fields()
+    for key in settings:
+        if key in MANAGED_GRPO_KEYS:
+            raise PSPOError(f"config: {where}.{key} is set by the workflow (objective, alphas, seeds); remove it")
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else "see trl.GRPOConfig for the valid names"
+            raise PSPOError(f"config: unknown GRPO setting {key!r} in {where}; {fix}")
+
+
 def _check_semantics(cfg: dict) -> None:
     runs = cfg["runs"]
+    _check_grpo_keys("training.grpo", cfg["training"]["grpo"])
+    for name, run in runs.items():
+        _check_grpo_keys(f"runs.{name}.grpo", run["grpo"])
+    for name, model in cfg["models"].items():
+        for run, settings in model["hyperparameters"].items():
+            _check_grpo_keys(f"models.{name}.hyperparameters.{run}", settings)
     for name in runs:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
             raise PSPOError(f"config: run name {name!r} may use only letters, digits, '.' and '-'")
@@ -105,9 +133,6 @@ def _check_semantics(cfg: dict) -> None:
             raise PSPOError(f"config: evaluation.sampled.runs names unknown run {run!r}; defined runs: {', '.join(runs)}")
     if len(set(cfg["seeds"])) != len(cfg["seeds"]):
         raise PSPOError(f"config: seeds {cfg['seeds']} has duplicates")
-    for run_name, run in runs.items():
-        if "smoothing_alpha" in run["grpo"]:
-            raise PSPOError(f"config: runs.{run_name}.grpo.smoothing_alpha: set alphas with the top-level `alphas` list")
 
 
 def load_config(path_or_dict: str | Path | dict, schema_path: str | Path = SCHEMA_PATH) -> dict:

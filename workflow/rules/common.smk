@@ -7,12 +7,14 @@ from pathlib import Path
 _SRC = str(Path(workflow.basedir) / "src")
 if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
-# Jobs (local, conda or SLURM) import the same package from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
+# Jobs (local, conda or SLURM) import the same package from this checkout, installed or not. This sets, and
+# does not require, PYTHONPATH.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
 )
 
 from pspo import config as pspo_config
+from pspo.config import FIGURES, table_names
 from pspo.errors import PSPOError
 
 try:
@@ -23,6 +25,10 @@ except PSPOError as error:
     sys.exit(f"error: {error}")
 
 R = CFG["results_dir"]
+# Conda envs (with --software-deployment-method conda): the CPU stack everywhere, the chosen stack for training
+# and evaluation.
+CPU_ENV = "../../envs/cpu.yaml"
+STACK_ENV = f"../../envs/{CFG['software_env']}.yaml"
 MODELS = list(CFG["models"])
 TRAIN_JOBS = pspo_config.train_jobs(CFG)
 EVAL_JOBS = pspo_config.eval_jobs(CFG)
@@ -63,3 +69,30 @@ def eval_metrics_path(job):
 
 def eval_samples_path(job):
     return f"{R}/eval/{job.model}/{job.tag}/{job.stem}.samples.jsonl"
+
+
+def data_inputs(*names):
+    """Local JSONL sources are inputs, so editing a data file reruns what depends on it."""
+    if CFG["data"]["source"] != "local":
+        return []
+    return [os.path.join(CFG["data"]["dir"], name) for name in names]
+
+
+def eval_model_dir(wildcards):
+    if wildcards.tag == BASE:
+        return f"{R}/models/{wildcards.model}"
+    match = pspo_config.TAG_RE.match(wildcards.tag)
+    return f"{R}/train/{wildcards.model}/{match['run_id']}/seed{match['seed']}/model"
+
+
+def report_outputs():
+    tables = table_names(CFG)
+    return (
+        expand(
+            f"{R}/report/tables/{{name}}.{{ext}}", name=tables, ext=["csv", "md", "tex"]
+        )
+        + expand(
+            f"{R}/report/figures/{{name}}.{{ext}}", name=FIGURES, ext=["png", "pdf"]
+        )
+        + [f"{R}/index.md"]
+    )

@@ -7,13 +7,6 @@ localrules:
     eval_data,
 
 
-def data_inputs(*names):
-    """Local JSONL sources are inputs, so editing a data file reruns what depends on it."""
-    if CFG["data"]["source"] != "local":
-        return []
-    return [os.path.join(CFG["data"]["dir"], name) for name in names]
-
-
 rule split_train:
     input:
         data_inputs("gsm8k_train.jsonl"),
@@ -22,6 +15,8 @@ rule split_train:
         val=f"{R}/data/gsm8k_val_seed{{seed}}.jsonl",
     log:
         f"{R}/logs/data/split_seed{{seed}}.log",
+    conda:
+        CPU_ENV
     params:
         split=pspo_config.split_settings(CFG),
     script:
@@ -37,6 +32,8 @@ rule eval_data:
         f"{R}/data/eval/{{benchmark}}.jsonl",
     log:
         f"{R}/logs/data/eval_{{benchmark}}.log",
+    conda:
+        CPU_ENV
     params:
         selection=lambda w: pspo_config.eval_data_settings(CFG, w.benchmark),
     script:

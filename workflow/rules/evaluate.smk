@@ -2,13 +2,6 @@
 # and shared by every comparison. Metrics are computed from the per-sample file.
 
 
-def eval_model_dir(wildcards):
-    if wildcards.tag == BASE:
-        return f"{R}/models/{wildcards.model}"
-    match = pspo_config.TAG_RE.match(wildcards.tag)
-    return f"{R}/train/{wildcards.model}/{match['run_id']}/seed{match['seed']}/model"
-
-
 rule evaluate:
     input:
         model=eval_model_dir,
@@ -18,6 +11,8 @@ rule evaluate:
         metrics=f"{R}/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.metrics.json",
     log:
         f"{R}/logs/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.log",
+    conda:
+        STACK_ENV
     threads: model_resources("eval_resources")("threads")
     resources:
         gpu=model_resources("eval_resources")("gpus"),

@@ -11,6 +11,8 @@ rule prepare_model:
         directory(f"{R}/models/{{model}}"),
     log:
         f"{R}/logs/models/{{model}}.log",
+    conda:
+        CPU_ENV
     params:
         model=lambda w: CFG["models"][w.model],
     script:

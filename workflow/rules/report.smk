@@ -1,20 +1,6 @@
 # Report: every table (CSV, Markdown, LaTeX) and figure (PNG, PDF) of the paper, built from the metrics files
 # and training logs; results/<grid>/index.md lists them with their provenance. `snakemake --report` collects the
 # same files into one HTML page.
-from pspo.config import FIGURES, table_names
-
-
-def report_outputs():
-    tables = table_names(CFG)
-    return (
-        expand(
-            f"{R}/report/tables/{{name}}.{{ext}}", name=tables, ext=["csv", "md", "tex"]
-        )
-        + expand(
-            f"{R}/report/figures/{{name}}.{{ext}}", name=FIGURES, ext=["png", "pdf"]
-        )
-        + [f"{R}/index.md"]
-    )
 
 
 rule figure_surrogate:
@@ -27,6 +13,8 @@ rule figure_surrogate:
         pdf=f"{R}/report/figures/figure1_surrogate.pdf",
     log:
         f"{R}/logs/report/figure1.log",
+    conda:
+        CPU_ENV
     params:
         epsilon=CFG["report"]["figure1_epsilon"],
         alpha=CFG["report"]["figure1_alpha"],
@@ -60,6 +48,8 @@ rule report:
         index=f"{R}/index.md",
     log:
         f"{R}/logs/report/report.log",
+    conda:
+        CPU_ENV
     params:
         config=CFG,
     script:

@@ -13,6 +13,8 @@ rule train:
         summary=f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/summary.json",
     log:
         f"{R}/logs/train/{{model}}/{{run_id}}/seed{{seed}}.log",
+    conda:
+        STACK_ENV
     threads: model_resources("train_resources")("threads")
     resources:
         gpu=model_resources("train_resources")("gpus"),
