@@ -24,6 +24,16 @@ try:
 except PSPOError as error:
     sys.exit(f"error: {error}")
 
+if CFG["data"]["source"] == "local":
+    # A data directory missing a file is one line before any job runs, not a failed job later.
+    from pspo.data import data_file
+
+    try:
+        for name in ["gsm8k_train", *CFG["evaluation"]["benchmarks"]]:
+            data_file(name, CFG["data"]["dir"])
+    except PSPOError as error:
+        sys.exit(f"error: {error}")
+
 R = CFG["results_dir"]
 # Conda envs (with --software-deployment-method conda): the CPU stack everywhere, the chosen stack for training
 # and evaluation.
@@ -71,11 +81,11 @@ def eval_samples_path(job):
     return f"{R}/eval/{job.model}/{job.tag}/{job.stem}.samples.jsonl"
 
 
-def data_inputs(*names):
+def data_inputs(name):
     """Local JSONL sources are inputs, so editing a data file reruns what depends on it."""
     if CFG["data"]["source"] != "local":
         return []
-    return [os.path.join(CFG["data"]["dir"], name) for name in names]
+    return [str(data_file(name, CFG["data"]["dir"]))]
 
 
 def eval_model_dir(wildcards):

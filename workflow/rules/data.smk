@@ -9,7 +9,7 @@ localrules:
 
 rule split_train:
     input:
-        data_inputs("gsm8k_train.jsonl"),
+        data_inputs("gsm8k_train"),
     output:
         train=f"{R}/data/gsm8k_train_seed{{seed}}.jsonl",
         val=f"{R}/data/gsm8k_val_seed{{seed}}.jsonl",
@@ -25,9 +25,7 @@ rule split_train:
 
 rule eval_data:
     input:
-        lambda w: data_inputs(
-            "gsm8k_test.jsonl" if w.benchmark == "gsm8k" else f"{w.benchmark}.jsonl"
-        ),
+        lambda w: data_inputs(w.benchmark),
     output:
         f"{R}/data/eval/{{benchmark}}.jsonl",
     log:

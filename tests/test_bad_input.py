@@ -1,0 +1,118 @@
+"""Bad input: one clear line naming the problem and the fix, and nothing partial left behind.
+
+Each case goes through the entry point a user would hit: `snakemake` for config problems, the package functions
+(and `pspo` commands) for the rest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pspo.errors import PSPOError
+
+from conftest import REPO
+
+
+def snakemake_dry_run(tmp_path: Path, *config: str, targets: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "1", "--configfile", "config/ci.yaml",
+           "--config", f"results_dir={results}", *config]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("alphas=[1.5]", "config: alphas.0"),
+        ("seeds=[]", "config: seeds: [] should be non-empty"),
+        ('runs={"pspo": {"objective": "ppo"}}', "runs.pspo.objective = 'ppo' is not valid"),
+        ('evaluation={"benchmarks": ["gsm8k", "mmlu"]}', "'mmlu' is not valid"),
+        ('training={"grpo": {"learnig_rate": 1.0e-6}}', "did you mean 'learning_rate'?"),
+        ('data={"dir": "/nonexistent/data"}', "does not exist (looking for gsm8k_train.jsonl)"),
+        ('models={"smollm2-135m": {"runs": ["ppo"]}}', "names unknown run 'ppo'"),
+    ],
+)
+def test_bad_config_stops_the_workflow_with_one_line(tmp_path, override, message):
+    proc = snakemake_dry_run(tmp_path, override)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_data_directory_missing_a_file(tmp_path, data_dir):
+    for name in ("gsm8k_train.jsonl", "gsm8k_test.jsonl", "svamp.jsonl", "asdiv.jsonl"):
+        os.symlink(data_dir / name, tmp_path / name)
+    proc = snakemake_dry_run(tmp_path, f'data={{"dir": "{tmp_path}"}}')
+    assert proc.returncode != 0
+    assert f"error: math500.jsonl not found in {tmp_path}; set `data.dir` in the config" in proc.stdout + proc.stderr
+
+
+def test_unknown_model_target_is_refused(tmp_path):
+    target = str(tmp_path / "results" / "train" / "gpt-5" / "clip" / "seed0" / "log.csv")
+    proc = snakemake_dry_run(tmp_path, targets=(target,))
+    assert proc.returncode != 0
+    assert "MissingRuleException" in proc.stdout + proc.stderr and "gpt-5" in proc.stdout + proc.stderr
+
+
+def test_hub_model_without_network_or_cache(tmp_path, monkeypatch):
+    from pspo.models import prepare_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    out = tmp_path / "models" / "qwen"
+    with pytest.raises(PSPOError) as info:
+        prepare_model("hub", out, path="Qwen/Qwen2.5-0.5B")
+    message = str(info.value)
+    assert "\n" not in message and "needs internet" in message and "login node" in message
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_model_directory_without_weights(tmp_path):
+    from pspo.models import check_model_dir
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(PSPOError, match="has no weights"):
+        check_model_dir(tmp_path)
+    with pytest.raises(PSPOError, match="not a model directory"):
+        check_model_dir(tmp_path.parent)
+
+
+def test_no_gpu_for_a_gpu_sized_job():
+    import torch
+
+    from pspo.workflow import ensure_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(PSPOError, match=r"no GPU: run the CPU grid \(--configfile config/cpu.yaml\) or .*--profile slurm"):
+        ensure_gpu("evaluation of qwen2.5-1.5b/base")
+
+
+def test_disk_full_while_saving_leaves_nothing(tmp_path, monkeypatch):
+    from pspo import io
+
+    target = tmp_path / "out" / "metrics.json"
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", full_disk)
+    with pytest.raises(PSPOError, match="disk full while writing .*metrics.json \\(nothing was left behind\\)"):
+        io.write_json_atomic(target, {"accuracy": 1.0})
+    assert list(target.parent.iterdir()) == []
+
+
+def test_malformed_jsonl_row_names_file_and_line(tmp_path):
+    from pspo.io import read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "a", "completion": "1"}\n{"id": "b", "completion": \n')
+    with pytest.raises(PSPOError, match=r"rows.jsonl:2: malformed JSON row"):
+        read_jsonl(path)
