@@ -13,6 +13,8 @@ rule split_train:
     output:
         train=f"{R}/data/gsm8k_train_seed{{seed}}.jsonl",
         val=f"{R}/data/gsm8k_val_seed{{seed}}.jsonl",
+        train_record=f"{R}/data/gsm8k_train_seed{{seed}}.meta.json",
+        val_record=f"{R}/data/gsm8k_val_seed{{seed}}.meta.json",
     log:
         f"{R}/logs/data/split_seed{{seed}}.log",
     conda:
@@ -27,7 +29,8 @@ rule eval_data:
     input:
         lambda w: data_inputs(w.benchmark),
     output:
-        f"{R}/data/eval/{{benchmark}}.jsonl",
+        rows=f"{R}/data/eval/{{benchmark}}.jsonl",
+        record=f"{R}/data/eval/{{benchmark}}.meta.json",
     log:
         f"{R}/logs/data/eval_{{benchmark}}.log",
     conda:

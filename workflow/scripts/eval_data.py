@@ -2,4 +2,4 @@
 from pspo.data import write_eval_rows
 from pspo.workflow import run_job
 
-run_job(snakemake, lambda: write_eval_rows(out=snakemake.output[0], **snakemake.params.selection))
+run_job(snakemake, lambda: write_eval_rows(out=snakemake.output.rows, **snakemake.params.selection))

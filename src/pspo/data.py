@@ -1,0 +1,441 @@
+"""Benchmark data: load (local JSONL or the public hub datasets), select evaluation subsets, split GSM8K train.
+
+Every row has the shared schema of ``shared/data/README.md``: ``id``, ``question``, ``answer`` (normalised gold),
+``solution`` (or None) and ``meta``.
+
+* ``load_benchmark(name, source="local")`` reads ``<data_dir>/<file>.jsonl``; ``source="hub"`` loads the public
+  dataset with ``datasets.load_dataset`` and normalises it to the same schema (``normalize_hub_records``).
+* ``select_eval_rows`` picks a subset (ASDiv ``numeric`` / ``pal2096``, SVAMP ``300``) and an optional seeded
+  ``limit`` (a random subset of that size, kept in the original order).
+* ``split_train_val`` shuffles GSM8K train exactly like ``datasets.Dataset.shuffle(seed=seed)`` (a permutation
+  from ``numpy.random.default_rng(seed)``), takes the first ``train_size`` rows for training and the rest
+  (or the first ``val_size`` of the rest) for validation. With 7473 rows: 7000 + 473. The authors' loader used
+  ``range(7000, len - 1)``, an off-by-one that drops the last shuffled row (472 rows); ``val_size=472``
+  reproduces their split exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from pspo.errors import PSPOError
+
+BENCHMARKS = ("gsm8k", "svamp", "asdiv", "math500")
+FILES = {
+    "gsm8k": "gsm8k_test.jsonl",
+    "gsm8k_train": "gsm8k_train.jsonl",
+    "svamp": "svamp.jsonl",
+    "asdiv": "asdiv.jsonl",
+    "math500": "math500.jsonl",
+}
+LOADABLE = tuple(FILES)
+SUBSETS = {
+    "gsm8k": ("all",),
+    "gsm8k_train": ("all",),
+    "svamp": ("all", "300"),
+    "asdiv": ("all", "numeric", "pal2096"),
+    "math500": ("all",),
+}
+# name -> (hub repo, config, splits in the order they are concatenated)
+HUB_DATASETS = {
+    "gsm8k": ("openai/gsm8k", "main", ("test",)),
+    "gsm8k_train": ("openai/gsm8k", "main", ("train",)),
+    "svamp": ("ChilleD/SVAMP", None, ("train", "test")),
+    "asdiv": ("EleutherAI/asdiv", None, ("validation",)),
+    "math500": ("HuggingFaceH4/MATH-500", None, ("test",)),
+}
+REQUIRED_KEYS = ("id", "question", "answer", "solution", "meta")
+SVAMP_300_SIZE = 300
+GSM8K_TRAIN_SIZE = 7000
+
+_ENV_DATA_DIR = "PSPO_DATA_DIR"
+_FIX = (
+    "set `data.dir` in the config (or --data-dir / $PSPO_DATA_DIR) to the directory holding the benchmark JSONL "
+    "files, or use source hub"
+)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _check_name(name: str, valid: Sequence[str] = LOADABLE) -> str:
+    if name == "gsm8k_test":
+        return "gsm8k"
+    if name not in valid:
+        raise PSPOError(f"unknown benchmark {name!r}; valid: {', '.join(valid)}")
+    return name
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir``, else $PSPO_DATA_DIR, else ``shared/data`` next to this checkout (if it exists)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    if os.environ.get(_ENV_DATA_DIR):
+        return Path(os.environ[_ENV_DATA_DIR])
+    guess = Path(__file__).resolve().parents[3] / "shared" / "data"
+    if guess.is_dir():
+        return guess
+    raise PSPOError(f"no data directory given; {_FIX}")
+
+
+def data_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The local JSONL path of a benchmark; PSPOError naming the file, the directory and the fix if missing."""
+    name = _check_name(name)
+    directory = resolve_data_dir(data_dir)
+    path = directory / FILES[name]
+    if not path.is_file():
+        if not directory.is_dir():
+            raise PSPOError(f"data directory {directory} does not exist (looking for {FILES[name]}); {_FIX}")
+        raise PSPOError(f"{FILES[name]} not found in {directory}; {_FIX}")
+    return path
+
+
+def _validate_rows(rows: list[dict], where: str) -> list[dict]:
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=1):
+        missing = [k for k in REQUIRED_KEYS if k not in row]
+        if missing:
+            raise PSPOError(f"{where}: row {i} lacks key(s) {', '.join(missing)} (schema: {', '.join(REQUIRED_KEYS)})")
+        if not isinstance(row["meta"], dict):
+            raise PSPOError(f"{where}: row {i} ({row['id']}): 'meta' must be an object")
+        if row["id"] in seen:
+            raise PSPOError(f"{where}: duplicate id {row['id']!r} (row {i})")
+        seen.add(row["id"])
+    if not rows:
+        raise PSPOError(f"{where}: no rows")
+    return rows
+
+
+def load_benchmark(
+    name: str, *, source: str = "local", data_dir: str | os.PathLike | None = None, revision: str | None = None
+) -> list[dict]:
+    """Rows of ``name`` (gsm8k = GSM8K test, gsm8k_train, svamp, asdiv, math500) in the shared schema."""
+    from pspo.io import read_jsonl
+
+    name = _check_name(name)
+    if source == "local":
+        path = data_file(name, data_dir)
+        return _validate_rows(read_jsonl(path), str(path))
+    if source == "hub":
+        return _validate_rows(load_hub(name, revision=revision), f"hub:{HUB_DATASETS[name][0]}")
+    raise PSPOError(f"unknown data source {source!r}; valid: local, hub")
+
+
+def load_hub(name: str, *, revision: str | None = None) -> list[dict]:
+    """Load the public hub dataset for ``name`` with ``datasets.load_dataset`` and normalise it (needs internet)."""
+    name = _check_name(name)
+    repo, config, splits = HUB_DATASETS[name]
+    try:
+        from datasets import load_dataset
+
+        loaded = {s: load_dataset(repo, config, split=s, revision=revision) for s in splits}
+    except Exception as e:  # network, auth, renamed dataset: one line with the fix
+        raise PSPOError(
+            f"could not load {repo}{'/' + config if config else ''} from the hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); check the network, or use source local with `data.dir`"
+        ) from None
+    rows: list[dict] = []
+    for split in splits:
+        rows += normalize_hub_records(name, list(loaded[split]), split=split)
+    if name == "svamp":  # ChilleD's train/test are shuffled; restore the source order chal-1 .. chal-1000
+        rows.sort(key=lambda r: _svamp_key(r["id"]))
+    return rows
+
+
+def _svamp_key(row_id: str) -> tuple:
+    m = re.search(r"(\d+)$", row_id)
+    return (0, int(m.group(1))) if m else (1, row_id)
+
+
+# ---------------------------------------------------------------------------------------------- hub normalisers
+def _num_str(x: Any) -> str:
+    """A numeric value in integer form if integral (51.0 -> "51"), else its shortest decimal form."""
+    if isinstance(x, str):
+        x = float(x.replace(",", ""))
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
+_NUMERIC_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
+_UNIT_RE = re.compile(r"^(.*?)\s*\((.*)\)\s*$")
+_FRACTION_RE = re.compile(r"^(-)?\s*\(?\s*(-?\d+)\s*/\s*(\d+)\s*\)?$")
+
+
+def normalize_asdiv_answer(raw: str, solution_type: str | None = None) -> dict:
+    """ASDiv's answer string (``9 (apples)``) -> answer, answer_type, answer_unit, answer_value, single_numeric."""
+    parts = [p.strip() for p in raw.split(";")] if ";" in raw else [raw.strip()]
+    values, units = [], []
+    for part in parts:
+        m = _UNIT_RE.match(part)
+        value, unit = (m.group(1).strip(), m.group(2).strip()) if m else (part, None)
+        if not _NUMERIC_RE.match(value):
+            values = None
+            break
+        values.append(_num_str(float(value)) if "." in value else str(int(value)))
+        units.append(unit)
+    if values is not None and len(values) > 1:
+        return {"answer": "; ".join(values), "answer_type": "multi_number", "answer_unit": units, "answer_value": None}
+    if values is not None:
+        return {"answer": values[0], "answer_type": "number", "answer_unit": units[0], "answer_value": float(values[0])}
+    f = _FRACTION_RE.match(raw.strip())
+    if f:
+        sign = "-" if (f.group(1) or "").strip() or f.group(2).startswith("-") else ""
+        num, den = f.group(2).lstrip("-"), f.group(3)
+        return {"answer": f"{sign}{num}/{den}", "answer_type": "fraction", "answer_unit": None,
+                "answer_value": (-1 if sign else 1) * int(num) / int(den)}
+    if ":" in raw and (solution_type or "").lower() == "ratio":
+        kind = "ratio"
+    elif re.match(r"^\d{1,2}:\d{2}", raw.strip()):
+        kind = "time"
+    else:
+        kind = "text"
+    return {"answer": raw.strip(), "answer_type": kind, "answer_unit": None, "answer_value": None}
+
+
+def normalize_hub_records(name: str, records: Iterable[dict], *, split: str | None = None) -> list[dict]:
+    """Hub rows of one split -> the shared schema. Pure function (unit-tested on hand-made records).
+
+    * openai/gsm8k (main): {question, answer="...#### 72"} -> id gsm8k_<split>/<index>, answer after ``####``
+      without commas, solution = the hub ``answer``.
+    * ChilleD/SVAMP: {ID, Body, Question, Equation, Answer, Type, question_concat} -> id svamp/<ID>,
+      question = Body.strip() + " " + Question.strip(); ``meta.hub_split`` records train/test.
+    * EleutherAI/asdiv: {body, question, solution_type, answer="9 (apples)", formula} -> id
+      asdiv/nluds-<index+1:04d> (the hub rows follow ASDiv.xml order); PAL-2096 flags are unknown (None).
+    * HuggingFaceH4/MATH-500: {problem, solution, answer, subject, level, unique_id} -> id math500/<unique_id>.
+    """
+    name = _check_name(name)
+    out = []
+    for i, rec in enumerate(records):
+        try:
+            out.append(_normalize_one(name, i, rec, split))
+        except (KeyError, ValueError, TypeError) as e:
+            raise PSPOError(
+                f"hub {name} record {i}: unexpected shape ({type(e).__name__}: {e}); keys: {sorted(rec)}"
+            ) from None
+    return out
+
+
+def _normalize_one(name: str, i: int, rec: dict, split: str | None) -> dict:
+    if name in ("gsm8k", "gsm8k_train"):
+        split = split or ("train" if name == "gsm8k_train" else "test")
+        raw = rec["answer"].split("####")[-1].strip()
+        if "####" not in rec["answer"]:
+            raise ValueError("no '####' in answer")
+        return {"id": f"gsm8k_{split}/{i}", "question": rec["question"], "answer": raw.replace(",", ""),
+                "solution": rec["answer"], "meta": {"split": split, "index": i, "answer_raw": raw}}
+    if name == "svamp":
+        body, question = rec["Body"], rec["Question"]
+        answer_raw = float(rec["Answer"])
+        return {
+            "id": f"svamp/{rec['ID']}", "question": body.strip() + " " + question.strip(),
+            "answer": _num_str(answer_raw), "solution": None,
+            "meta": {"source_id": rec["ID"], "body": body, "question": question, "equation": rec.get("Equation"),
+                     "answer_raw": answer_raw, "type": rec.get("Type"), "hub_split": split},
+        }
+    if name == "asdiv":
+        body, question = rec["body"], rec["question"]
+        norm = normalize_asdiv_answer(rec["answer"], rec.get("solution_type"))
+        source_id = f"nluds-{i + 1:04d}"
+        return {
+            "id": f"asdiv/{source_id}", "question": body.strip() + " " + question.strip(),
+            "answer": norm["answer"], "solution": None,
+            "meta": {"source_id": source_id, "body": body, "question": question,
+                     "solution_type": rec.get("solution_type"), "formula": rec.get("formula"),
+                     "answer_raw": rec["answer"], **{k: v for k, v in norm.items() if k != "answer"},
+                     "single_numeric": norm["answer_type"] == "number", "in_pal2096": None, "pal_target": None,
+                     "hub_split": split},
+        }
+    if name == "math500":
+        return {"id": f"math500/{rec['unique_id']}", "question": rec["problem"], "answer": rec["answer"],
+                "solution": rec["solution"],
+                "meta": {"subject": rec.get("subject"), "level": rec.get("level"), "unique_id": rec["unique_id"]}}
+    raise ValueError(f"no normaliser for {name}")
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def _stable_hash(*parts: Any) -> str:
+    return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+def select_eval_rows(
+    name: str, rows: Sequence[dict], *, subset: str = "all", limit: int | None = None, seed: int = 0
+) -> list[dict]:
+    """The evaluation rows of ``name``: a named subset, then (optionally) a seeded random ``limit`` rows.
+
+    * asdiv ``numeric``: ``meta.single_numeric`` (2084 rows). ``pal2096``: ``meta.in_pal2096`` (2096 rows) with
+      ``answer`` replaced by ``meta.pal_target`` (the original kept in ``meta.answer_original``).
+    * svamp ``300``: a fixed 300-row subset: the 300 ids with the smallest sha256("svamp300:<id>"), independent
+      of ``seed`` and of row order. It is *not* ChilleD/SVAMP's test split (whose ids are not in the local data).
+    * ``limit``: ``random.Random(seed).sample`` of that many row positions, returned in the original order.
+    Rows are returned as new lists; rows are not copied unless changed (pal2096).
+    """
+    name = _check_name(name)
+    if subset not in SUBSETS[name]:
+        raise PSPOError(f"unknown subset {subset!r} for {name}; valid: {', '.join(SUBSETS[name])}")
+    rows = list(rows)
+    if subset == "numeric":
+        rows = [r for r in rows if r["meta"].get("single_numeric")]
+    elif subset == "pal2096":
+        if rows and all(r["meta"].get("in_pal2096") is None for r in rows):
+            raise PSPOError(
+                "asdiv subset pal2096 needs meta.in_pal2096 (only in the local asdiv.jsonl); use source local"
+            )
+        selected = []
+        for r in rows:
+            if r["meta"].get("in_pal2096"):
+                r = {**r, "answer": str(r["meta"]["pal_target"]), "meta": {**r["meta"], "answer_original": r["answer"]}}
+                selected.append(r)
+        rows = selected
+    elif subset == "300":
+        if len(rows) < SVAMP_300_SIZE:
+            raise PSPOError(f"svamp subset 300 needs at least 300 rows, got {len(rows)}")
+        keep = set(sorted((r["id"] for r in rows), key=lambda i: _stable_hash("svamp300", i))[:SVAMP_300_SIZE])
+        rows = [r for r in rows if r["id"] in keep]
+    if limit is not None:
+        if int(limit) <= 0:
+            raise PSPOError(f"limit must be a positive number of rows, got {limit}")
+        if limit < len(rows):
+            picked = sorted(random.Random(seed).sample(range(len(rows)), int(limit)))
+            rows = [rows[i] for i in picked]
+    if not rows:
+        raise PSPOError(f"empty selection: {name} subset {subset} limit {limit} selects no rows")
+    return rows
+
+
+def select_ids(name: str, rows: Sequence[dict], ids: Iterable[str]) -> list[dict]:
+    """Rows with the given ids, in the given order; an unknown id -> error listing a few valid ones."""
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for i in ids:
+        if i not in by_id:
+            some = ", ".join(list(by_id)[:3])
+            raise PSPOError(f"unknown {name} id {i!r}; valid ids look like {some}, ... ({len(by_id)} ids)")
+        out.append(by_id[i])
+    return out
+
+
+def split_train_val(
+    rows: Sequence[dict], *, seed: int, train_size: int = GSM8K_TRAIN_SIZE, val_size: int | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Shuffle like ``datasets.Dataset.shuffle(seed=seed)``; first ``train_size`` rows train, the rest (or ``val_size``)
+    validation."""
+    import numpy as np
+
+    n = len(rows)
+    if train_size <= 0 or train_size >= n:
+        raise PSPOError(f"train_size {train_size} must be between 1 and {n - 1} (the data have {n} rows)")
+    rest = n - train_size
+    if val_size is not None and not 0 < val_size <= rest:
+        raise PSPOError(f"val_size {val_size} must be between 1 and {rest} (rows left after train_size {train_size})")
+    perm = np.random.default_rng(seed).permutation(n)
+    train = [rows[int(i)] for i in perm[:train_size]]
+    val = [rows[int(i)] for i in perm[train_size : train_size + (rest if val_size is None else val_size)]]
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _ids_sha256(rows: Sequence[dict]) -> str:
+    return hashlib.sha256("\n".join(r["id"] for r in rows).encode()).hexdigest()
+
+
+def _input_record(name: str, source: str, data_dir: str | os.PathLike | None) -> tuple[dict, list[Path]]:
+    """What a written file was made from: the local file and its sha256, or the hub dataset."""
+    from pspo.provenance import file_sha256
+
+    if source == "local":
+        path = data_file(name, data_dir)
+        return {"source": "local", "data_dir": str(path.parent), "input_file": path.name,
+                "input_sha256": file_sha256(path)}, [path]
+    repo, config, splits = HUB_DATASETS[name]
+    return {"source": "hub", "hub_dataset": repo, "hub_config": config, "hub_splits": list(splits),
+            "input_sha256": None}, []
+
+
+def _write(path: str | os.PathLike, rows: list[dict], record: dict, data_files: Sequence[Path] = ()) -> None:
+    """Write ``path`` (JSONL) and ``<path stem>.meta.json`` recording every choice, both atomically."""
+    from pspo.io import write_json_atomic, write_jsonl_atomic
+    from pspo.provenance import provenance
+
+    path = Path(path)
+    write_json_atomic(path.with_suffix(".meta.json"),
+                      {**record, "rows": len(rows), "ids_sha256": _ids_sha256(rows),
+                       "provenance": provenance(data_files=data_files)})
+    write_jsonl_atomic(path, rows)
+    print(f"{path}: {len(rows)} rows")
+
+
+def write_train_split(*, seed: int, out_train: str | os.PathLike, out_val: str | os.PathLike, source: str = "local",
+                      dir: str | os.PathLike | None = None, train_size: int = GSM8K_TRAIN_SIZE,
+                      val_size: int | None = None, train_limit: int | None = None) -> None:
+    """The seed-shuffled GSM8K train/validation split; ``train_limit`` keeps the first N training rows (CPU grids)."""
+    rows = load_benchmark("gsm8k_train", source=source, data_dir=dir)
+    train, val = split_train_val(rows, seed=seed, train_size=train_size, val_size=val_size)
+    if train_limit is not None:
+        train = train[:train_limit]
+    record, files = _input_record("gsm8k_train", source, dir)
+    common = {"benchmark": "gsm8k_train", **record, "seed": seed, "train_size": train_size, "train_limit": train_limit,
+              "val_size": len(val), "input_rows": len(rows),
+              "shuffle": "numpy.random.default_rng(seed).permutation (== datasets.Dataset.shuffle(seed=seed))"}
+    _write(out_train, train, {**common, "part": "train"}, files)
+    _write(out_val, val, {**common, "part": "validation"}, files)
+
+
+def write_eval_rows(*, out: str | os.PathLike, benchmark: str, source: str = "local",
+                    dir: str | os.PathLike | None = None, subset: str = "all", limit: int | None = None,
+                    seed: int = 0) -> None:
+    """The evaluated rows of one benchmark (subset, then a seeded ``limit``), with a record of every choice."""
+    _check_name(benchmark, BENCHMARKS)
+    rows = load_benchmark(benchmark, source=source, data_dir=dir)
+    selected = select_eval_rows(benchmark, rows, subset=subset, limit=limit, seed=seed)
+    record, files = _input_record(benchmark, source, dir)
+    _write(out, selected, {"benchmark": benchmark, **record, "subset": subset, "limit": limit, "limit_seed": seed,
+                           "input_rows": len(rows)}, files)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="pspo prepare-data",
+        description="Write the GSM8K train/validation split and the evaluation sets as JSONL "
+        "(each with a <name>.meta.json recording every choice).",
+    )
+    ap.add_argument("--out-dir", type=Path, required=True)
+    ap.add_argument("--source", choices=("local", "hub"), default="local")
+    ap.add_argument("--data-dir", type=Path, default=None, help="local benchmark JSONL directory (source local)")
+    ap.add_argument("--seed", type=int, default=0, help="train/val shuffle seed (the paper uses the run seed)")
+    ap.add_argument("--train-size", type=int, default=GSM8K_TRAIN_SIZE)
+    ap.add_argument("--val-size", type=int, default=None, help="default: all remaining rows (473); 472 = authors'")
+    ap.add_argument("--train-limit", type=int, default=None, help="keep the first N shuffled training rows")
+    ap.add_argument("--no-train", action="store_true", help="skip the train/val split")
+    ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated evaluation sets ('' for none)")
+    ap.add_argument("--asdiv-subset", default="all", choices=SUBSETS["asdiv"])
+    ap.add_argument("--svamp-subset", default="all", choices=SUBSETS["svamp"])
+    ap.add_argument("--limit", type=int, default=None, help="seeded random subset of each evaluation set")
+    ap.add_argument("--limit-seed", type=int, default=0)
+    args = ap.parse_args(list(argv) if argv is not None else None)
+
+    benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    for b in benches:
+        _check_name(b, BENCHMARKS)
+    if args.no_train and not benches:
+        raise PSPOError("nothing to do: --no-train and no --benchmarks")
+    if not args.no_train:
+        write_train_split(seed=args.seed, out_train=args.out_dir / "train.jsonl", out_val=args.out_dir / "val.jsonl",
+                          source=args.source, dir=args.data_dir, train_size=args.train_size, val_size=args.val_size,
+                          train_limit=args.train_limit)
+    for b in benches:
+        write_eval_rows(out=args.out_dir / f"{b}.jsonl", benchmark=b, source=args.source, dir=args.data_dir,
+                        subset={"asdiv": args.asdiv_subset, "svamp": args.svamp_subset}.get(b, "all"),
+                        limit=args.limit, seed=args.limit_seed)
+    return 0
+
+
+__all__ = [
+    "BENCHMARKS", "FILES", "SUBSETS", "HUB_DATASETS", "load_benchmark", "load_hub", "normalize_hub_records",
+    "normalize_asdiv_answer", "select_eval_rows", "select_ids", "split_train_val", "resolve_data_dir", "data_file",
+    "write_train_split", "write_eval_rows", "main",
+]

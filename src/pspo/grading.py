@@ -1,0 +1,445 @@
+"""Answer extraction and grading for GSM8K, SVAMP, ASDiv (numeric) and MATH-500 (Math-Verify).
+
+Extraction (``extract_answer``), in this order:
+
+1. the last ``#### <number>`` line (exactly four ``#``; ``#####`` is a markdown header), else the last ``####``
+   line holding a number anywhere (``#### The answer is 18``): the first number after ``####``, after the last
+   ``=`` if the line is an equation (``#### 2 + 3 = 5`` gives 5);
+2. else the last ``\\boxed{...}``: the first number inside it (same ``=`` rule);
+3. else the last number anywhere in the text.
+
+A "number" is ``-12``, ``1,080`` (thousands commas), ``3.5``, ``.5``, ``3/4``, ``\\frac{14}{3}`` / ``\\dfrac`` /
+``\\tfrac`` / ``\\frac12``, optionally after ``$`` or ``\\$``; ``%`` and units are ignored (``25%`` is 25). A ``-``
+is a sign only when it does not follow a letter, digit or closing bracket (``16-3`` gives 3, not -3). The
+extracted string is canonical: no commas, no ``$``, LaTeX fractions as ``a/b``.
+
+Numeric grading compares exact rationals: correct iff ``|pred - gold| <= max(abs_tol, rel_tol * |gold|)``
+(both 1e-6 by default, the paper's tolerance). Choices made for ASDiv (``grade("asdiv", ...)``):
+
+* rounded golds (``3.333`` for 10/3, ``3.14``, money ``0.46``): a prediction also counts if rounding it
+  half-up to the gold's number of decimals gives the gold (``10/3`` and ``3.3333`` match ``3.333``;
+  ``3.33`` does not). This can accept ``2.54`` for a gold ``2.5``; it affects only the 60 non-integer golds.
+* fraction golds ``a/b`` are numbers (``2.5`` matches ``5/2``).
+* multi-number golds ``"5; 15; 20"``: the prediction must give the same values **in the same order**: the
+  numbers of the ``####`` line (else of the last ``\\boxed{}``, else the last *n* numbers of the text).
+  (The PAL-2096 subset replaces these golds by their first value; see ``pspo.data.select_eval_rows``.)
+* non-numeric golds (ratio ``5:6``, time ``3:30 p.m.``, text ``Yes``): case- and space-insensitive string
+  match against the ``####`` line / ``\\boxed{}`` content (best effort; the prompt asks for a number).
+
+MATH-500 (``grade_math``) uses Math-Verify: the gold is wrapped as ``$gold$`` (so ``11\\sqrt2`` parses as
+11*sqrt(2), not 11), the prediction is the ``####`` line's content wrapped the same way if there is one, else
+the whole completion (boxed answers first). Math-Verify's timeouts use ``signal.alarm``, which works only in
+the main thread of a process: they are on in any process's main thread (including ``ProcessPoolExecutor``
+workers, see ``grade_many``) and off, with a one-time warning, in other threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import re
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from pspo.errors import PSPOError
+
+log = logging.getLogger(__name__)
+
+GRADED_BENCHMARKS = ("gsm8k", "gsm8k_train", "svamp", "asdiv", "math500")
+MATH_TIMEOUT_SECONDS = 5
+
+# ---------------------------------------------------------------------------------------------- number tokens
+_UNUM = r"(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?|\.\d+"  # unsigned: 1,080 / 12 / 3.5 / .5
+_SIGN = r"(?<![\w)\]}.])[-\u2212]"  # a minus that is not a binary minus
+_DOLLAR = r"(?:\\?\$)?"
+_NUMBER_RE = re.compile(
+    rf"(?P<sign>{_SIGN}\s*)?{_DOLLAR}\s*(?:"
+    rf"\\[dt]?frac\s*\{{\s*(?P<fn>-?(?:{_UNUM}))\s*\}}\s*\{{\s*(?P<fd>-?(?:{_UNUM}))\s*\}}"  # \frac{a}{b}
+    rf"|\\[dt]?frac(?P<sn>\d)(?P<sd>\d)"  # \frac12
+    rf"|(?<![\d.])(?P<p>{_UNUM})(?:/(?P<pd>{_UNUM}))?"  # 12, 1,080, 3/4 (not the tail of 10.5.3)
+    r")"
+)
+_HASH_LINE_RE = re.compile(r"(?<!#)####(?!#)[ \t]*([^\n]*)")  # exactly four: not a ##### header
+_FORMATTED_RE = re.compile(
+    r"(?<!#)####(?!#)[ \t]*(?:\*\*)?[ \t]*(?:\\?\$)?[ \t]*[-\u2212]?[ \t]*(?:\\?\$)?[ \t]*(?:\d|\.\d|\\[dt]?frac)"
+)
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _clean(num: str) -> str:
+    return num.replace(",", "")
+
+
+def _token_str(m: re.Match) -> str:
+    sign = "-" if m.group("sign") else ""
+    if m.group("fn") is not None:
+        num, den = _clean(m.group("fn")), _clean(m.group("fd"))
+    elif m.group("sn") is not None:
+        num, den = m.group("sn"), m.group("sd")
+    else:
+        num, den = _clean(m.group("p")), (_clean(m.group("pd")) if m.group("pd") else None)
+    if sign and num.startswith("-"):  # -\frac{-1}{2}
+        sign, num = "", num[1:]
+    return f"{sign}{num}" + (f"/{den}" if den is not None else "")
+
+
+def find_numbers(text: str) -> list[str]:
+    """Every number in ``text``, canonical strings in order (see the module docstring)."""
+    return [_token_str(m) for m in _NUMBER_RE.finditer(text)]
+
+
+def to_number(s: str | None) -> Fraction | None:
+    """An extracted/canonical number string (or a gold answer) as an exact Fraction; None if it is not one."""
+    if s is None:
+        return None
+    s = s.strip().replace(",", "").replace("\u2212", "-").lstrip("$").strip()
+    if s.endswith("%"):
+        s = s[:-1].strip()
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            return Fraction(num.strip()) / Fraction(den.strip())
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """The contents of every ``\\boxed{...}`` (balanced braces), in order."""
+    out = []
+    for m in _BOXED_RE.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append(text[m.end() : i - 1])
+    return out
+
+
+def _hash_content(text: str) -> str | None:
+    """The '####' line the answer is read from: the last '#### <number>' line (so a later markdown header such as
+    '#### Step 3: check' does not win), else the last '####' line holding a number anywhere; None if neither."""
+    hashes = [c for c in _HASH_LINE_RE.findall(text) if find_numbers(c)]
+    formatted = [c for c in hashes if _FORMATTED_RE.match("####" + c)]
+    return (formatted or hashes or [None])[-1]
+
+
+def _after_equals(segment: str) -> str:
+    if "=" in segment:
+        tail = segment.rsplit("=", 1)[1]
+        if find_numbers(tail):
+            return tail
+    return segment
+
+
+def _final_segment(text: str) -> tuple[str | None, str]:
+    """(the text holding the final answer, where it came from: 'hash' | 'boxed' | 'text')."""
+    content = _hash_content(text)
+    if content is not None:
+        return _after_equals(content), "hash"
+    for content in reversed(_boxed_contents(text)):
+        if find_numbers(content):
+            return _after_equals(content), "boxed"
+    return None, "text"
+
+
+def extract_answer(text: str) -> str | None:
+    """The final numeric answer of a completion as a canonical string ('#### x', then \\boxed{x}, then last number)."""
+    if not text:
+        return None
+    segment, _ = _final_segment(text)
+    if segment is not None:
+        return find_numbers(segment)[0]
+    nums = find_numbers(text)
+    return nums[-1] if nums else None
+
+
+def is_formatted(text: str) -> bool:
+    """True if the completion has a '#### <number>' line (the format the system prompt asks for)."""
+    return bool(text) and _FORMATTED_RE.search(text) is not None
+
+
+# ---------------------------------------------------------------------------------------------- numeric grading
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    extracted: str | None
+    formatted: bool
+
+    def __bool__(self) -> bool:  # `if grade_numeric(...)` reads as "if correct"
+        return self.correct
+
+
+def numbers_equal(
+    pred: Fraction | None, gold: Fraction | None, *, rel_tol: float = 1e-6, abs_tol: float = 1e-6
+) -> bool:
+    """Exact-rational comparison: |pred - gold| <= max(abs_tol, rel_tol * |gold|); None is never equal."""
+    if pred is None or gold is None:
+        return False
+    # tolerances as decimal strings: Fraction(1e-6) would be the binary float, a hair below 1e-6
+    return abs(pred - gold) <= max(Fraction(repr(abs_tol)), Fraction(repr(rel_tol)) * abs(gold))
+
+
+def _decimals(gold: str) -> int:
+    g = gold.strip()
+    return len(g.split(".", 1)[1]) if "." in g and "/" not in g else 0
+
+
+def _rounds_to(pred: Fraction, gold_str: str) -> bool:
+    k = _decimals(gold_str)
+    if k == 0:
+        return False
+    q = Decimal(1).scaleb(-k)
+    rounded = (Decimal(pred.numerator) / Decimal(pred.denominator)).quantize(q, rounding=ROUND_HALF_UP)
+    return rounded == Decimal(gold_str.strip().replace(",", ""))
+
+
+def _norm_text(s: str) -> str:
+    s = s.replace("\\text", "").replace("**", "")
+    s = re.sub(r"[{}$]", "", s).strip().rstrip(".").strip().lower()
+    s = re.sub(r"\s*:\s*", ":", s)
+    return re.sub(r"\s+", " ", s)
+
+
+def grade_numeric(
+    completion: str,
+    gold: str,
+    *,
+    rel_tol: float = 1e-6,
+    abs_tol: float = 1e-6,
+    rounded_gold: bool = False,
+) -> Grade:
+    """Grade a completion against a numeric gold (an integer, decimal, ``a/b`` or ``"5; 15; 20"``).
+
+    ``rounded_gold``: also accept a prediction that rounds (half-up) to the gold at the gold's decimals.
+    A gold that is not a number is compared as text (see the module docstring).
+    """
+    completion = completion or ""
+    formatted = is_formatted(completion)
+    gold = str(gold).strip()
+    if ";" in gold:
+        parts = [to_number(p) for p in gold.split(";")]
+        if all(p is not None for p in parts):
+            return _grade_multi(completion, parts, formatted, rel_tol=rel_tol, abs_tol=abs_tol)
+    gold_value = to_number(gold)
+    if gold_value is None:
+        segment, origin = _final_segment(completion)
+        if segment is None:
+            hashes = [c for c in _HASH_LINE_RE.findall(completion) if c.strip()]
+            boxes = _boxed_contents(completion)
+            segment = hashes[-1] if hashes else (boxes[-1] if boxes else None)
+        correct = segment is not None and bool(_norm_text(gold)) and _norm_text(segment) == _norm_text(gold)
+        return Grade(correct, segment.strip() if segment is not None else None, formatted)
+    extracted = extract_answer(completion)
+    pred = to_number(extracted)
+    correct = numbers_equal(pred, gold_value, rel_tol=rel_tol, abs_tol=abs_tol)
+    if not correct and rounded_gold and pred is not None:
+        correct = _rounds_to(pred, gold)
+    return Grade(correct, extracted, formatted)
+
+
+def _grade_multi(completion: str, golds: list[Fraction], formatted: bool, *, rel_tol: float, abs_tol: float) -> Grade:
+    segment, origin = _final_segment(completion)
+    if segment is not None:
+        # the whole #### line / box, not just the part after '=' (so "#### A = 5, B = 15" keeps both values)
+        if origin == "hash":
+            segment = _hash_content(completion)
+        else:
+            segment = [c for c in _boxed_contents(completion) if find_numbers(c)][-1]
+        preds = find_numbers(segment)
+    else:
+        preds = find_numbers(completion)[-len(golds) :]
+    values = [to_number(p) for p in preds]
+    correct = len(values) == len(golds) and all(
+        numbers_equal(v, g, rel_tol=rel_tol, abs_tol=abs_tol) for v, g in zip(values, golds)
+    )
+    return Grade(correct, "; ".join(preds) if preds else None, formatted)
+
+
+def grade_gsm8k(completion: str, gold: str) -> Grade:
+    """GSM8K (and SVAMP): integer golds, tolerance 1e-6."""
+    return grade_numeric(completion, gold)
+
+
+# ---------------------------------------------------------------------------------------------- MATH (Math-Verify)
+_TIMEOUT_WARNED = False
+
+
+def _math_timeout(timeout: int | None) -> int | None:
+    """Math-Verify's signal-based timeout only works in a process's main thread; elsewhere turn it off."""
+    global _TIMEOUT_WARNED
+    if not timeout:
+        return None
+    if threading.current_thread() is threading.main_thread():
+        return int(timeout)
+    if not _TIMEOUT_WARNED:
+        log.warning(
+            "grade_math called outside the main thread: Math-Verify's signal timeouts are disabled here; "
+            "use pspo.grading.grade_many (process workers) for a hard time limit"
+        )
+        _TIMEOUT_WARNED = True
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str, timeout: int | None):
+    from math_verify import LatexExtractionConfig, parse
+
+    g = gold.strip()
+    if not g.startswith("\\boxed") and not g.startswith("$"):
+        g = f"${g}$"
+    parsed = parse(g, extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout)
+    if not parsed:  # not LaTeX after all: let Math-Verify try plain expressions too
+        parsed = parse(gold, parsing_timeout=timeout)
+    return parsed
+
+
+def _strip_math_delims(s: str) -> str:
+    s = s.strip().rstrip(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
+            return s[len(left) : len(s) - len(right)].strip()
+    return s
+
+
+def grade_math(completion: str, gold: str, *, timeout: int | None = MATH_TIMEOUT_SECONDS) -> Grade:
+    """MATH-500: Math-Verify equivalence between the gold (wrapped in ``$...$``) and the model's final answer."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    completion = completion or ""
+    formatted = is_formatted(completion)
+    t = _math_timeout(timeout)
+    gold_parsed = _parse_gold(str(gold), t)
+    pred = []
+    hashes = [c for c in _HASH_LINE_RE.findall(completion) if c.strip()]
+    if hashes:
+        content = _strip_math_delims(hashes[-1].replace("**", ""))
+        pred = parse(
+            f"${content}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=t
+        )
+    if not pred:
+        pred = parse(completion, parsing_timeout=t)
+    extracted = None
+    if pred:
+        extracted = str(pred[1]) if len(pred) > 1 else str(pred[0])
+    correct = bool(gold_parsed) and bool(pred) and verify(gold_parsed, pred, timeout_seconds=t)
+    return Grade(bool(correct), extracted, formatted)
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def grade(benchmark: str, completion: str, gold: str) -> Grade:
+    """Grade one completion with the benchmark's rule (see the module docstring)."""
+    if benchmark in ("gsm8k", "gsm8k_train", "gsm8k_test", "svamp"):
+        return grade_numeric(completion, gold)
+    if benchmark == "asdiv":
+        return grade_numeric(completion, gold, rounded_gold=True)
+    if benchmark == "math500":
+        return grade_math(completion, gold)
+    raise PSPOError(f"unknown benchmark {benchmark!r}; valid: {', '.join(GRADED_BENCHMARKS)}")
+
+
+def _grade_star(args: tuple[str, str, str]) -> Grade:
+    return grade(*args)
+
+
+def grade_many(
+    benchmark: str, completions: Sequence[str], golds: Sequence[str], *, workers: int = 1, chunksize: int = 16
+) -> list[Grade]:
+    """Grade many completions; ``workers > 1`` uses a process pool (Math-Verify timeouts stay active there)."""
+    if len(completions) != len(golds):
+        raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
+    if benchmark not in GRADED_BENCHMARKS and benchmark != "gsm8k_test":
+        raise PSPOError(f"unknown benchmark {benchmark!r}; valid: {', '.join(GRADED_BENCHMARKS)}")
+    jobs = [(benchmark, c, g) for c, g in zip(completions, golds)]
+    if workers <= 1 or len(jobs) < 2 * chunksize:
+        return [_grade_star(j) for j in jobs]
+    import multiprocessing
+
+    if benchmark == "math500":  # import once in the parent so forked workers inherit it
+        import math_verify  # noqa: F401
+
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return list(pool.map(_grade_star, jobs, chunksize=chunksize))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _completion_text(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # conversational: [{"role": "assistant", "content": ...}]
+        return "".join(m.get("content", "") for m in value if isinstance(m, dict))
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return "" if value is None else str(value)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    from pspo import data as pdata
+    from pspo.io import read_jsonl, write_jsonl_atomic
+
+    ap = argparse.ArgumentParser(
+        prog="pspo grade",
+        description="Re-grade a JSONL of {id, completion} rows against a benchmark's gold answers; "
+        "prints the accuracy as the last line.",
+    )
+    ap.add_argument("benchmark", help=f"one of: {', '.join(pdata.BENCHMARKS)}")
+    ap.add_argument("file", type=Path, help="JSONL with 'id' and 'completion' per row")
+    ap.add_argument("--data-dir", type=Path, default=None, help="directory with the benchmark JSONL files")
+    ap.add_argument("--source", choices=("local", "hub"), default="local")
+    ap.add_argument("--subset", default="all", help="gold subset (asdiv: all|numeric|pal2096, svamp: all|300)")
+    ap.add_argument("--out", type=Path, default=None, help="write graded rows here (JSONL)")
+    ap.add_argument("--workers", type=int, default=1, help="grading processes (useful for math500)")
+    args = ap.parse_args(list(argv) if argv is not None else None)
+
+    if args.benchmark not in pdata.BENCHMARKS:
+        raise PSPOError(f"unknown benchmark {args.benchmark!r}; valid: {', '.join(pdata.BENCHMARKS)}")
+    rows = pdata.load_benchmark(args.benchmark, source=args.source, data_dir=args.data_dir)
+    rows = pdata.select_eval_rows(args.benchmark, rows, subset=args.subset)
+    gold_by_id = {r["id"]: r["answer"] for r in rows}
+
+    inputs = read_jsonl(args.file)
+    if not inputs:
+        raise PSPOError(f"{args.file}: no rows to grade")
+    for lineno, row in enumerate(inputs, start=1):
+        if "id" not in row or "completion" not in row:
+            raise PSPOError(f"{args.file}: row {lineno} needs keys 'id' and 'completion' (has {sorted(row)})")
+    unknown = [r["id"] for r in inputs if r["id"] not in gold_by_id]
+    if unknown:
+        some = ", ".join(list(gold_by_id)[:3])
+        raise PSPOError(
+            f"{args.file}: {len(unknown)} id(s) not in {args.benchmark} (subset {args.subset}), first {unknown[0]!r}; "
+            f"valid ids look like {some}, ... ({len(gold_by_id)} ids)"
+        )
+    completions = [_completion_text(r["completion"]) for r in inputs]
+    golds = [gold_by_id[r["id"]] for r in inputs]
+    grades = grade_many(args.benchmark, completions, golds, workers=args.workers)
+    if args.out is not None:
+        write_jsonl_atomic(
+            args.out,
+            (
+                {"id": r["id"], "completion": c, "extracted": g.extracted, "gold": gold, "correct": g.correct,
+                 "formatted": g.formatted}
+                for r, c, gold, g in zip(inputs, completions, golds, grades)
+            ),
+        )
+        print(f"wrote {len(grades)} graded rows to {args.out}")
+    n_correct = sum(g.correct for g in grades)
+    n_fmt = sum(g.formatted for g in grades)
+    print(f"formatted: {n_fmt}/{len(grades)} = {n_fmt / len(grades):.4f}")
+    print(f"accuracy: {n_correct}/{len(grades)} = {n_correct / len(grades):.4f}")
+    return 0
+
+
+__all__ = [
+    "Grade", "extract_answer", "find_numbers", "to_number", "is_formatted", "numbers_equal", "grade_numeric",
+    "grade_gsm8k", "grade_math", "grade", "grade_many", "main",
+]
