@@ -376,7 +376,8 @@ def figure_surrogate(png: str | Path, pdf: str | Path, epsilon: float = 0.2, alp
     plt.close(fig)
 
 
-TRAINING_CURVE_METRICS = ("reward", "ratio_std", "completion_length", "clip_fraction")
+# Columns of pspo.train's CSV log; the clip fraction exists only for clip runs (NaN, so not drawn, elsewhere).
+TRAINING_CURVE_METRICS = ("reward", "objective/ratio_std", "completions/mean_length", "objective/clip_fraction")
 
 
 def figure_training_curves(logs: pd.DataFrame, stem: Path) -> None:
@@ -395,7 +396,9 @@ def figure_training_curves(logs: pd.DataFrame, stem: Path) -> None:
             ax = axes[i, j]
             sub = logs[logs.model == model]
             for label, g in sub.groupby("label", sort=False):
-                stats = g.groupby("step")[metric].agg(["mean", "std"]).reset_index()
+                stats = g.dropna(subset=[metric]).groupby("step")[metric].agg(["mean", "std"]).reset_index()
+                if stats.empty:
+                    continue
                 ax.plot(stats["step"], stats["mean"], label=label)
                 ax.fill_between(stats["step"], stats["mean"] - stats["std"].fillna(0),
                                 stats["mean"] + stats["std"].fillna(0), alpha=0.2)
