@@ -25,6 +25,7 @@ rule train:
         checkpoint_dir=lambda w: f"{R}/checkpoints/{w.model}/{w.run_id}/seed{w.seed}",
         reward=CFG["training"]["reward"],
         keep_checkpoints=CFG["training"]["keep_checkpoints"],
+        keep_after=CFG["training"]["keep_checkpoints_after_training"],
         system_prompt=lambda w: CFG["models"][w.model]["system_prompt"],
         require_gpu=lambda w: CFG["models"][w.model]["train_resources"]["gpus"] > 0,
     script:

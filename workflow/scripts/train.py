@@ -21,6 +21,7 @@ run_job(
         reward=p.reward,
         system_prompt=p.system_prompt,
         keep_checkpoints=p.keep_checkpoints,
+        keep_checkpoints_after_training=p.keep_after,
         require_gpu=p.require_gpu,
         provenance_extra={"model": snakemake.wildcards.model, "run_id": snakemake.wildcards.run_id},
     ),

@@ -1,0 +1,353 @@
+"""TRL's GRPO with a choice of per-token objective: clip, noclip, sigmoid (SAPO) or pspo (GR-PSPO).
+
+Everything except the per-token surrogate is TRL's: generation, group-normalised advantages, data reuse
+(``num_iterations`` = mu), the DAPO token-sum aggregation, the beta-KL term, TRL's vLLM importance-sampling
+correction, logging. The four objectives therefore differ *only* in the ratio transform
+(:mod:`pspo.objectives`), reached through one override point, :meth:`PSPOTrainer.per_token_loss`.
+
+Use it in your own TRL script exactly like ``GRPOConfig`` / ``GRPOTrainer``::
+
+    from datasets import Dataset
+    from pspo.trainer import PSPOConfig, PSPOTrainer
+
+    def reward_len(completions, **kwargs):          # any TRL reward function
+        return [-abs(20 - len(c)) / 20 for c in completions]
+
+    args = PSPOConfig(
+        output_dir="out", objective="pspo", smoothing_alpha=0.1,   # GR-PSPO
+        num_iterations=2,                                          # mu = 2: the second pass is off-policy
+        learning_rate=5e-7, num_generations=4, per_device_train_batch_size=4,
+        gradient_accumulation_steps=16, max_completion_length=128, temperature=0.8, top_p=0.9,
+    )
+    # objective="clip", epsilon=0.2 | objective="noclip" | objective="sigmoid", sapo_temperature_pos=1.0, ...
+    trainer = PSPOTrainer(model="Qwen/Qwen2.5-0.5B", reward_funcs=reward_len, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": ["1+1=", "2+2="] * 8}))
+    trainer.train()
+
+Written against trl==1.16.0 (see :data:`TRL_VERSION`): TRL's ``GRPOTrainer._compute_loss`` has no hook for the
+per-token loss, so :meth:`PSPOTrainer._compute_loss` is a trimmed copy of it in which the ``loss_type`` branch is
+replaced by ``self.per_token_loss(...)`` and only the DAPO aggregation is kept. TRL features that would need the
+dropped code (sequence-level ratios, two-sided ``delta`` clipping, the entropy bonus) are refused by
+:class:`PSPOConfig`. tests/test_trainer.py checks that ``objective="clip"`` reproduces TRL's own
+``loss_type="dapo"`` loss and gradient, so a TRL upgrade that changes the shared parts fails loudly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import trl
+from trl import GRPOConfig, GRPOTrainer
+
+from pspo import objectives
+from pspo.errors import PSPOError
+
+TRL_VERSION = "1.16.0"
+if trl.__version__ != TRL_VERSION:  # pragma: no cover - depends on the environment
+    warnings.warn(
+        f"pspo.trainer was written against trl=={TRL_VERSION}; trl=={trl.__version__} is installed. "
+        "Run tests/test_trainer.py to check that the clip objective still matches TRL's dapo loss.",
+        stacklevel=2,
+    )
+
+OBJECTIVES = objectives.OBJECTIVES
+DEFAULT_SMOOTHING_ALPHA = 0.1
+# GRPOConfig defaults of the hyperparameters that belong to one objective only: leaving them at these values is
+# always allowed; changing them for another objective is a configuration mistake and is refused.
+_GRPO_DEFAULTS = {"epsilon": 0.2, "epsilon_high": None, "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}
+_OWNER = {"epsilon": "clip", "epsilon_high": "clip", "sapo_temperature_pos": "sigmoid",
+          "sapo_temperature_neg": "sigmoid"}
+# Name of the checkpoint file holding the state TRL keeps outside HF's trainer state (see PSPOTrainer._save_checkpoint)
+REUSE_STATE_FILE = "pspo_reuse_state_rank{rank}.pt"
+
+
+class PSPOConfigError(ValueError):
+    """A PSPOConfig value that cannot work; the message is one line."""
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass
+class PSPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the choice of per-token objective.
+
+    Objective-specific hyperparameters reuse GRPOConfig's fields: ``epsilon`` / ``epsilon_high`` (clip),
+    ``sapo_temperature_pos`` / ``sapo_temperature_neg`` (sigmoid), and the new ``smoothing_alpha`` (pspo;
+    default 0.1). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all
+    completion tokens of the global batch) so that the four objectives differ only in the ratio transform.
+    The paper's "GRPO-noclip" is ``objective="noclip", num_iterations=1``; the control "GRPO-noclip-mu2" is
+    ``objective="noclip", num_iterations=2``.
+    """
+
+    objective: str = field(
+        default="pspo",
+        metadata={"help": "Per-token surrogate: 'clip' (GRPO), 'noclip' (r A), 'sigmoid' (SAPO soft clip) or "
+                          "'pspo' (probability smoothing, GR-PSPO).", "choices": list(OBJECTIVES)},
+    )
+    smoothing_alpha: float | None = field(
+        default=None,
+        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; default 0.1): "
+                          "r~ = (1 - alpha) r + alpha."},
+    )
+
+    def __post_init__(self):
+        self._validate_objective()
+        super().__post_init__()
+
+    def _validate_objective(self) -> None:
+        def fail(msg: str):
+            raise PSPOConfigError(msg)
+
+        if self.objective not in OBJECTIVES:
+            fail(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+        if self.loss_type != "dapo":
+            fail(f"PSPOConfig aggregates every objective the DAPO way: loss_type must be 'dapo', got "
+                 f"{self.loss_type!r} (choose the surrogate with objective=...)")
+        if self.importance_sampling_level != "token":
+            fail(f"PSPOConfig objectives use token-level ratios: importance_sampling_level must be 'token', got "
+                 f"{self.importance_sampling_level!r}")
+        if self.delta is not None:
+            fail("delta (two-sided clipping) is not supported by PSPOTrainer; leave it None")
+        if self.entropy_coef != 0 or self.use_adaptive_entropy:
+            fail("the entropy bonus (entropy_coef / use_adaptive_entropy) is not supported by PSPOTrainer")
+        if isinstance(self.num_iterations, bool) or not isinstance(self.num_iterations, int) or self.num_iterations < 1:
+            fail(f"num_iterations (mu) must be an integer >= 1, got {self.num_iterations!r}")
+        if not _is_number(self.epsilon) or self.epsilon < 0:
+            fail(f"epsilon must be a finite number >= 0, got {self.epsilon!r}")
+        if self.epsilon_high is not None and (not _is_number(self.epsilon_high) or self.epsilon_high < 0):
+            fail(f"epsilon_high must be a finite number >= 0, got {self.epsilon_high!r}")
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                fail(f"{name} (sigmoid tau) must be a finite number > 0, got {value!r}")
+        if not _is_number(self.beta) or self.beta < 0:
+            fail(f"beta must be a finite number >= 0, got {self.beta!r}")
+        # Hyperparameters of another objective: refuse, so that a typo in a sweep cannot silently do nothing.
+        for name, default in _GRPO_DEFAULTS.items():
+            value = getattr(self, name)
+            if _OWNER[name] != self.objective and value != default:
+                fail(f"{name}={value!r} applies to objective={_OWNER[name]!r} only, but objective="
+                     f"{self.objective!r}; remove it")
+        if self.objective == "pspo":
+            if self.smoothing_alpha is None:
+                self.smoothing_alpha = DEFAULT_SMOOTHING_ALPHA
+            if not _is_number(self.smoothing_alpha) or not 0.0 <= self.smoothing_alpha <= 1.0:
+                fail(f"smoothing_alpha must be a number in [0, 1], got {self.smoothing_alpha!r}")
+            self.smoothing_alpha = float(self.smoothing_alpha)
+        elif self.smoothing_alpha is not None:
+            fail(f"smoothing_alpha applies to objective='pspo' only, but objective={self.objective!r}; remove it")
+
+
+class PSPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose per-token surrogate is chosen by ``PSPOConfig.objective``.
+
+    Override :meth:`per_token_loss` to try another ratio transform; everything else is TRL's.
+    Extra metrics (``self._metrics[mode]``, averaged per logging step by TRL): ``objective/ratio_mean``,
+    ``objective/ratio_std``, ``objective/ratio_min``, ``objective/ratio_max`` (r = p_theta / p_old over completion
+    tokens), ``objective/clip_fraction`` (clip: tokens whose gradient the clip zeroes), ``objective/smoothed_ratio_mean``
+    (pspo), ``objective/sigmoid_gate_mean`` (sigmoid: gradient weight 4 s (1 - s) relative to r A; 1 at r = 1).
+    A non-finite loss or gradient norm stops training with a PSPOError before the optimiser step (so no NaN
+    checkpoint is ever written).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PSPOConfig):
+            raise PSPOConfigError(f"PSPOTrainer needs a PSPOConfig, got {type(self.args).__name__}")
+        self.objective = self.args.objective
+
+    # ---------------------------------------------------------------------------------------------- override point
+    def per_token_loss(self, log_ratio: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+        """Negated per-token surrogate for ``log_ratio`` (B, T) and ``advantages`` (B, 1) or (B, T)."""
+        if self.objective == "clip":
+            return objectives.clip_loss(log_ratio, advantages, self.epsilon_low, self.epsilon_high)
+        if self.objective == "noclip":
+            return objectives.noclip_loss(log_ratio, advantages)
+        if self.objective == "sigmoid":
+            return objectives.sigmoid_loss(
+                log_ratio, advantages, self.args.sapo_temperature_pos, self.args.sapo_temperature_neg
+            )
+        if self.objective == "pspo":
+            return objectives.pspo_loss(log_ratio, advantages, self.args.smoothing_alpha)
+        raise PSPOConfigError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+
+    # ------------------------------------------------------------------------------------------- metrics
+    @torch.no_grad()
+    def _log_objective_metrics(self, mode: str, log_ratio: torch.Tensor, advantages: torch.Tensor,
+                               mask: torch.Tensor) -> None:
+        mask = mask.to(log_ratio.dtype)
+        ratio = torch.exp(log_ratio.detach())
+        sums = [ratio * mask, ratio.square() * mask]
+        if self.objective == "clip":
+            clipped = ((ratio < 1 - self.epsilon_low) & (advantages < 0)) | (
+                (ratio > 1 + self.epsilon_high) & (advantages > 0))
+            sums.append(clipped.to(ratio.dtype) * mask)
+        elif self.objective == "pspo":
+            sums.append(objectives.smoothed_ratio(log_ratio.detach(), self.args.smoothing_alpha) * mask)
+        elif self.objective == "sigmoid":
+            tau = torch.where(advantages > 0, self.args.sapo_temperature_pos, self.args.sapo_temperature_neg)
+            s = torch.sigmoid(tau * (ratio - 1))
+            sums.append(4 * s * (1 - s) * mask)
+        local = torch.stack([x.sum() for x in sums] + [mask.sum()])
+        totals = self.accelerator.reduce(local, reduction="sum")
+        n = totals[-1].clamp(min=1.0)
+        mean = totals[0] / n
+        var = (totals[1] / n - mean.square()).clamp(min=0.0)
+        big = torch.finfo(ratio.dtype).max
+        # [min r, -max r] per process, then the elementwise min over processes
+        extremes = torch.stack([torch.where(mask > 0, ratio, big).min(), -torch.where(mask > 0, ratio, -big).max()])
+        extremes = self.accelerator.gather(extremes.unsqueeze(0)).min(dim=0).values
+        m = self._metrics[mode]
+        values = torch.stack([mean, var.sqrt(), extremes[0], -extremes[1]] + [t / n for t in totals[2:-1]]).tolist()
+        m["objective/ratio_mean"].append(values[0])
+        m["objective/ratio_std"].append(values[1])
+        m["objective/ratio_min"].append(values[2])
+        m["objective/ratio_max"].append(values[3])
+        extra = {"clip": "objective/clip_fraction", "pspo": "objective/smoothed_ratio_mean",
+                 "sigmoid": "objective/sigmoid_gate_mean"}.get(self.objective)
+        if extra is not None:
+            m[extra].append(values[4])
+
+    # ------------------------------------------------------------------------------------------- loss
+    def _compute_loss(self, model, inputs):
+        # Trimmed copy of trl==1.16.0 GRPOTrainer._compute_loss: the loss_type branch is replaced by
+        # self.per_token_loss and only the "dapo" aggregation is kept (PSPOConfig enforces loss_type="dapo",
+        # token-level ratios, no delta, no entropy bonus). Comments "TRL:" mark lines kept verbatim in substance.
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"), pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"), num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"), token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"), image_position_ids=inputs.get("image_position_ids"),
+        )
+        entropy_mask = (self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+                        if self.top_entropy_quantile < 1.0 else None)
+
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        # TRL: with mu = 1 (and no vLLM) old logps are not computed; the ratio is then exactly 1 in value.
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
+
+        if self.off_policy_mask_threshold is not None:
+            sampling_per_token_logps = inputs.get("sampling_per_token_logps", old_per_token_logps)
+            off_policy_mask = self.get_off_policy_mask(
+                advantages=advantages, per_token_logps=per_token_logps,
+                sampling_per_token_logps=sampling_per_token_logps, mask=mask,
+                off_policy_threshold=self.off_policy_mask_threshold,
+            )
+
+        log_ratio = per_token_logps - old_per_token_logps  # token level (PSPOConfig enforces it)
+
+        if self.beta != 0.0:
+            ref_per_token_logps = inputs["ref_per_token_logps"]
+            per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * torch.exp(log_ratio)
+
+        per_token_loss = self.per_token_loss(log_ratio, advantages)  # <- the only change of substance
+
+        if self.off_policy_mask_threshold is not None:
+            per_token_loss = per_token_loss * off_policy_mask
+        if entropy_mask is not None:
+            per_token_loss = per_token_loss * entropy_mask
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+
+        mode = "train" if self.model.training else "eval"
+        # TRL "dapo": `num_items_in_batch` spans the generation batch, so rescale it to one accumulation window
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        loss = (per_token_loss * mask).sum() / normalizer
+
+        if self.aux_loss_enabled:
+            aux_normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            loss = loss + self.router_aux_loss_coef * aux_loss / aux_normalizer
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+
+        def global_masked_mean(x):
+            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        if self.beta != 0.0:
+            self._metrics[mode]["kl"].append(global_masked_mean(per_token_kl))
+        self._metrics[mode]["entropy"].append(global_masked_mean(entropies))
+        self._log_objective_metrics(mode, log_ratio, advantages, mask)
+        return loss
+
+    # ------------------------------------------------------------------------------------------- safety
+    def training_step(self, model, inputs, num_items_in_batch):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise PSPOError(
+                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1} (objective {self.objective}); "
+                "training stopped before the optimizer step; the last good checkpoint is kept"
+            )
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        value = float(grad_norm) if grad_norm is not None else 0.0
+        if not math.isfinite(value):
+            raise PSPOError(
+                f"non-finite gradient norm ({value}) at step {self.state.global_step + 1} (objective "
+                f"{self.objective}); training stopped before the optimizer step; the last good checkpoint is kept"
+            )
+        return grad_norm
+
+    # ------------------------------------------------------------------------------------------- exact resume
+    # TRL keeps the generation buffer (reused for mu passes) and its micro-step counter outside HF's trainer state,
+    # so a resume from a checkpoint taken between two passes over the same generations would regenerate. Saving
+    # them with the checkpoint makes a resumed run identical to an uninterrupted one.
+    def _reuse_state_name(self) -> str:
+        return REUSE_STATE_FILE.format(rank=self.accelerator.process_index)
+
+    def _save_checkpoint(self, model, trial):
+        # Written *before* HF's files: HF writes trainer_state.json last (and rotates old checkpoints only after
+        # it), so a checkpoint with a readable trainer_state.json is complete, reuse state included.
+        # Every process keeps its own slice of the generation batch, so every process writes its own file.
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        buffered = self._buffered_inputs
+        if buffered is not None:
+            buffered = [{k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in buffered]
+        torch.save({"step": self._step, "buffered_inputs": buffered}, os.path.join(folder, self._reuse_state_name()))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, self._reuse_state_name())
+        if os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            device = self.accelerator.device
+            buffered = state["buffered_inputs"]
+            if buffered is not None:
+                buffered = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()} for b in buffered]
+            self._step = state["step"]
+            self._buffered_inputs = buffered
+
+
+__all__ = ["PSPOConfig", "PSPOTrainer", "PSPOConfigError", "OBJECTIVES", "DEFAULT_SMOOTHING_ALPHA", "TRL_VERSION"]
