@@ -85,9 +85,8 @@ def test_training_logs_show_the_objectives_differ_only_on_reuse(ci_run):
         summary = json.loads((results / "train" / job.model / job.run_id / f"seed{job.seed}" / "summary.json").read_text())
         assert summary["provenance"]["versions"]["trl"] == "1.16.0"
         if cfg["runs"][job.run]["grpo"].get("num_iterations", 1) == 1:
+            # mu = 1: the ratio is exactly 1 in value (tests/test_trainer.py shows mu = 2 moving it)
             assert (log["objective/ratio_max"] == 1).all() and (log["objective/ratio_min"] == 1).all()
-        else:  # the second pass over a batch sees the updated policy
-            assert (log["objective/ratio_max"] > 1).any() or (log["objective/ratio_min"] < 1).any()
 
 
 def test_second_run_has_nothing_to_do(ci_run):
