@@ -125,3 +125,19 @@ def test_unknown_training_job_lists_valid_runs():
     cfg = C.load_config(raw())
     with pytest.raises(PSPOError, match="runs for smollm2-135m: clip, noclip, noclip-mu2, pspo-a0.1, pspo-a0.5"):
         C.find_train_job(cfg, "smollm2-135m", "pspo-a0.3", 0)
+
+
+def test_command_line_strings_become_numbers_where_the_schema_wants_them():
+    """Snakemake's --config leaves nested values as strings ('4'); the loader converts them, nothing else."""
+    r = raw("ci")
+    r["training"]["grpo"].update(max_steps="4", learning_rate="1e-6", bf16="false", optim="adamw_torch")
+    r["training"]["keep_checkpoints"] = "4"
+    r["data"].update(svamp_subset="300", eval_limit="7")
+    cfg = C.load_config(r)
+    grpo = cfg["training"]["grpo"]
+    assert (grpo["max_steps"], grpo["learning_rate"], grpo["bf16"], grpo["optim"]) == (4, 1e-6, False, "adamw_torch")
+    assert cfg["training"]["keep_checkpoints"] == 4 and cfg["data"]["eval_limit"] == 7
+    assert cfg["data"]["svamp_subset"] == "300"  # a string where the schema wants one
+    r["training"]["keep_checkpoints"] = "four"
+    with pytest.raises(PSPOError, match="training.keep_checkpoints: 'four' is not of type 'integer'"):
+        C.load_config(r)

@@ -61,6 +61,52 @@ def _error_line(error, schema: dict) -> str:
     return f"config: {where}: {error.message}"
 
 
+_SCALAR_RE = re.compile(r"^(?:[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|true|false|True|False|null)$")
+_JSON_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _scalar(text: str):
+    """A command-line string as the YAML scalar it spells (Snakemake's --config leaves nested values as strings)."""
+    if not _SCALAR_RE.match(text):
+        return text
+    value = yaml.safe_load(text)
+    return float(text) if isinstance(value, str) else value  # PyYAML reads "1e-6" as a string
+
+
+def _set_in(config, path, value) -> None:
+    *parents, last = path
+    for key in parents:
+        config = config[key]
+    config[last] = value
+
+
+def _coerce_command_line_strings(config: dict, validator) -> None:
+    """Turn strings such as '4' into numbers where the schema wants one, and inside the free-form GRPO settings."""
+    for _ in range(100):
+        fixable = []
+        for error in validator.iter_errors(config):
+            expected = error.validator_value if error.validator == "type" else None
+            if isinstance(error.instance, str) and expected is not None:
+                value = _scalar(error.instance)
+                wanted = tuple(t for name in ([expected] if isinstance(expected, str) else expected)
+                               for t in ([_JSON_TYPES[name]] if name in _JSON_TYPES else []))
+                if value is not error.instance and wanted and isinstance(value, wanted):
+                    fixable.append((list(error.absolute_path), value))
+        if not fixable:
+            break
+        for path, value in fixable:
+            _set_in(config, path, value)
+    grpo_dicts = [config.get("training", {}).get("grpo")]
+    grpo_dicts += [run.get("grpo") for run in (config.get("runs") or {}).values() if isinstance(run, dict)]
+    grpo_dicts += [hp for model in (config.get("models") or {}).values() if isinstance(model, dict)
+                   for hp in (model.get("hyperparameters") or {}).values()]
+    for settings in grpo_dicts:
+        if isinstance(settings, dict):
+            for key, value in settings.items():
+                if isinstance(value, str):
+                    settings[key] = _scalar(value)
+
+
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Return a validated deep copy of ``config`` with every default filled in; raise PSPOError on the first problem."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -71,6 +117,7 @@ def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
         if isinstance(model, dict):
             for key in ("train_resources", "eval_resources"):
                 model.setdefault(key, {})
+    _coerce_command_line_strings(config, validator)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise PSPOError(_error_line(errors[0], schema))
