@@ -116,3 +116,29 @@ def test_malformed_jsonl_row_names_file_and_line(tmp_path):
     path.write_text('{"id": "a", "completion": "1"}\n{"id": "b", "completion": \n')
     with pytest.raises(PSPOError, match=r"rows.jsonl:2: malformed JSON row"):
         read_jsonl(path)
+
+
+def test_every_completion_empty_is_refused_and_writes_nothing(tmp_path, smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from pspo.evaluation import evaluate
+    from pspo.evaluation.backends import Completion
+    from pspo.io import write_jsonl_atomic
+
+    class SilentModel:
+        """A backend whose model emits EOS at once, as a model with a broken chat template or EOS token does."""
+
+        name, dtype, device = "stub", "float32", "cpu"
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+
+        def generate(self, prompts, n, **kwargs):
+            return [[Completion(text="", token_ids=[2], finish_reason="stop") for _ in range(n)] for _ in prompts]
+
+    data = tmp_path / "rows.jsonl"
+    write_jsonl_atomic(data, [{"id": f"q{i}", "question": f"What is {i}+1?", "answer": str(i + 1), "solution": None,
+                               "meta": {}} for i in range(3)])
+    out = tmp_path / "out"
+    with pytest.raises(PSPOError, match=r"every completion of .* on gsm8k is empty \(the model stops at once\)"):
+        evaluate(model_dir=smollm2_dir, benchmark="gsm8k", data_file=data, out_samples=out / "s.jsonl",
+                 out_metrics=out / "m.json", generator=SilentModel(), progress=False)
+    assert not out.exists() or list(out.iterdir()) == []

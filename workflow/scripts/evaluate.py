@@ -22,6 +22,8 @@ def body():
         dtype=g["dtype"],
         batch_size=g["batch_size"],
         system_prompt=snakemake.params.system_prompt,
+        threads=snakemake.threads,
+        progress=False,
         provenance_extra={"model": w.model, "tag": w.tag},
     )
 

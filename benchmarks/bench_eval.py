@@ -1,0 +1,136 @@
+"""Benchmark: pspo.evaluation vs naive batch-1 transformers ``generate`` on SmolLM2-135M-Instruct, same run.
+
+    python benchmarks/bench_eval.py                       # 64 GSM8K test prompts x 128 new tokens; naive on 8
+    python benchmarks/bench_eval.py --threads 1           # e.g. on a machine shared with other jobs
+    python benchmarks/bench_eval.py --dtype-study 128     # also: how often bf16 and fp32 greedy completions differ
+
+Tokens are completion tokens up to and including the first EOS (nothing generated after EOS is counted), for both
+paths. Throughput is completion tokens / generation wall time (prefill included, model loading excluded); the
+end-to-end time of ``evaluate`` (loading, grading, writing) is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PSPO_DATA_DIR", REPO.parent / "shared" / "data"))
+CACHE = Path(os.environ.get("PSPO_CACHE", Path.home() / ".cache" / "pspo"))
+
+
+def model_dir() -> Path:
+    from pspo.models import PACKAGED_MODELS, convert_gguf, packaged_gguf_path
+
+    out = CACHE / "models" / "smollm2-135m-instruct"
+    if not (out / "config.json").is_file():
+        convert_gguf(packaged_gguf_path(*PACKAGED_MODELS["smollm2-135m-instruct"]), out)
+    return out
+
+
+def naive_generate(mdir: Path, questions: list[str], max_new_tokens: int) -> tuple[int, float]:
+    """Batch-1 fp32 ``model.generate`` (greedy); returns (completion tokens up to and including EOS, seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pspo.prompts import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(mdir)
+    model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32).eval()
+    eos = tok.eos_token_id
+    tokens, seconds = 0, 0.0
+    for q in questions:
+        ids = torch.tensor([tok(render_prompt(tok, q), add_special_tokens=False)["input_ids"]])
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=eos)
+        seconds += time.perf_counter() - t0
+        gen = out[0, ids.shape[1]:].tolist()
+        tokens += gen.index(eos) + 1 if eos in gen else len(gen)
+    return tokens, seconds
+
+
+def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_tokens: int, threads: int | None,
+             batch_size: int | None) -> tuple[dict, float]:
+    from pspo.evaluation import evaluate
+
+    t0 = time.perf_counter()
+    m = evaluate(model_dir=mdir, benchmark="gsm8k", data_file=data_file, out_samples=out / f"{dtype}.samples.jsonl",
+                 out_metrics=out / f"{dtype}.metrics.json", max_new_tokens=max_new_tokens, backend="transformers",
+                 dtype=dtype, threads=threads, batch_size=batch_size)
+    return m, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--naive-prompts", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for both paths (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype-study", type=int, default=0, metavar="N",
+                   help="also evaluate N prompts greedily in float32 and bfloat16 and compare the completions")
+    p.add_argument("--skip-naive", action="store_true")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from pspo.io import read_jsonl, write_jsonl_atomic
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    mdir = model_dir()
+    rows = read_jsonl(DATA_DIR / "gsm8k_test.jsonl")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "rows.jsonl"
+        write_jsonl_atomic(data, rows[:a.prompts])
+        m, wall = run_eval(mdir, data, tmp, dtype=a.dtype, max_new_tokens=a.max_new_tokens, threads=a.threads,
+                           batch_size=a.batch_size)
+        th = m["throughput"]
+        ours = th["tokens_per_second"]
+        print(f"pspo.evaluation ({m['generation']['dtype']}, batch {a.batch_size or 'default'}): {a.prompts} prompts, "
+              f"{th['completion_tokens']} completion tokens in {th['generation_seconds']:.1f} s "
+              f"(prefill {th['prefill_seconds']:.1f} s) = {ours:.1f} tok/s; evaluate() end to end {wall:.1f} s; "
+              f"accuracy {m['accuracy']:.3f}, truncated {m['truncation_rate']:.3f}", flush=True)
+        if not a.skip_naive:
+            tokens, secs = naive_generate(mdir, [r["question"] for r in rows[:a.naive_prompts]], a.max_new_tokens)
+            naive = tokens / secs
+            print(f"naive batch-1 generate (float32): {a.naive_prompts} prompts, {tokens} completion tokens in "
+                  f"{secs:.1f} s = {naive:.1f} tok/s", flush=True)
+            print(f"speed-up: {ours / naive:.1f}x   (targets: >= 8x and >= 1500 tok/s)")
+        if a.dtype_study:
+            write_jsonl_atomic(data, rows[:a.dtype_study])
+            res = {}
+            for dt in ("float32", "bfloat16"):
+                mm, wall = run_eval(mdir, data, tmp, dtype=dt, max_new_tokens=a.max_new_tokens, threads=a.threads,
+                                    batch_size=a.batch_size)
+                res[dt] = (mm, read_jsonl(tmp / f"{dt}.samples.jsonl"))
+                print(f"{dt}: accuracy {mm['accuracy']:.4f} ({mm['correct']}/{mm['n']}), "
+                      f"{mm['throughput']['tokens_per_second']:.1f} tok/s", flush=True)
+            f32, b16 = res["float32"][1], res["bfloat16"][1]
+            differ = sum(x["completion"] != y["completion"] for x, y in zip(f32, b16))
+            answer = sum(x["extracted"] != y["extracted"] for x, y in zip(f32, b16))
+            verdict = sum(x["correct"] != y["correct"] for x, y in zip(f32, b16))
+            print(json.dumps({"prompts": len(f32), "completions_differ": differ, "extracted_answer_differs": answer,
+                              "correctness_flips": verdict,
+                              "accuracy_fp32": res["float32"][0]["accuracy"],
+                              "accuracy_bf16": res["bfloat16"][0]["accuracy"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""``evaluate``: generate, grade, write the per-sample JSONL, then the metrics JSON computed from that file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from pspo.errors import PSPOError
+from pspo.evaluation.metrics import metrics_from_samples
+
+# Bytes of the weight files read for the model fingerprint: their safetensors header plus FINGERPRINT_CHUNKS
+# evenly spaced chunks of FINGERPRINT_CHUNK bytes (about 1 MB in all, whatever the model size).
+FINGERPRINT_CHUNKS = 16
+FINGERPRINT_CHUNK = 1 << 16
+MODEL_META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                    "chat_template.jinja")
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> dict:
+    """A cheap identity of a model directory: sha256 of config/tokenizer files, and per weight file its size and a
+    sha256 over its safetensors header and ~1 MB of evenly spaced chunks (checkpoints of one architecture have
+    identical headers, the sampled bytes tell them apart). ``sha256`` combines them all."""
+    model_dir = Path(model_dir)
+    files: dict[str, Any] = {}
+    for name in MODEL_META_FILES:
+        p = model_dir / name
+        if p.is_file():
+            files[name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(model_dir.iterdir()):
+        if not p.is_file() or not (p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")):
+            continue
+        size = p.stat().st_size
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            if p.suffix == ".safetensors" and size >= 8:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                h.update(f.read(min(header_len, size - 8)))
+            for i in range(FINGERPRINT_CHUNKS):
+                f.seek(max(0, (size - FINGERPRINT_CHUNK) * i // max(FINGERPRINT_CHUNKS - 1, 1)))
+                h.update(f.read(FINGERPRINT_CHUNK))
+        files[p.name] = {"size": size, "sampled_sha256": h.hexdigest()}
+    combined = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"path": str(model_dir.resolve()), "sha256": combined, "files": files}
+
+
+def load_rows(data_file: str | os.PathLike) -> list[dict]:
+    """Schema rows (id, question, answer, ...) of an evaluation file; one-line errors for a bad file."""
+    from pspo.io import read_jsonl
+
+    rows = read_jsonl(data_file)
+    if not rows:
+        raise PSPOError(f"{data_file}: benchmark file has no rows; regenerate it with `pspo prepare-data`")
+    seen: set[str] = set()
+    for i, r in enumerate(rows, start=1):
+        missing = [k for k in ("id", "question", "answer") if k not in r]
+        if missing:
+            raise PSPOError(f"{data_file}: row {i} lacks {', '.join(missing)}; expected the schema of shared/data/README.md")
+        if r["id"] in seen:
+            raise PSPOError(f"{data_file}: duplicate id {r['id']!r} (row {i})")
+        seen.add(r["id"])
+    return rows
+
+
+def check_settings(*, benchmark: str, temperature: float, n_samples: int, top_p: float, max_new_tokens: int,
+                   batch_size: int | None, backend: str, dtype: str, threads: int | None = None) -> None:
+    from pspo.evaluation.backends import BACKENDS, DTYPES
+    from pspo.grading import GRADED_BENCHMARKS
+
+    if benchmark not in GRADED_BENCHMARKS and benchmark != "gsm8k_test":
+        raise PSPOError(f"unknown benchmark {benchmark!r}; valid: {', '.join(GRADED_BENCHMARKS)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise PSPOError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise PSPOError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise PSPOError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if temperature == 0 and n_samples > 1:
+        raise PSPOError(f"temperature 0 is greedy and deterministic, so n_samples={n_samples} would repeat one "
+                        "completion; use n_samples 1 or a temperature > 0")
+    if not (0 < top_p <= 1):
+        raise PSPOError(f"top_p must be in (0, 1], got {top_p!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise PSPOError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise PSPOError(f"threads must be a positive integer, got {threads!r}")
+    if backend not in BACKENDS:
+        raise PSPOError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise PSPOError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+
+
+def evaluate(
+    *, model_dir: str | os.PathLike, benchmark: str, data_file: str | os.PathLike, out_samples: str | os.PathLike,
+    out_metrics: str | os.PathLike, temperature: float = 0.0, n_samples: int = 1, top_p: float = 1.0,
+    max_new_tokens: int = 128, backend: str = "auto", dtype: str = "auto", batch_size: int | None = None,
+    system_prompt: str | None = None, seed: int = 0, provenance_extra: dict | None = None, progress: bool = True,
+    threads: int | None = None, generator: Any = None,
+) -> dict:
+    """Evaluate a model on one benchmark file; write ``out_samples`` (JSONL) and ``out_metrics`` (JSON); return
+    the metrics dict.
+
+    Per-sample rows, in input order (then sample order): id, sample (only when n_samples > 1), prompt,
+    completion, extracted, gold, correct, formatted, completion_tokens (generated tokens including the stop
+    token), finish_reason ("stop" | "length"). The metrics are ``metrics_from_samples`` of the written file plus
+    ``throughput``, ``generation`` (the settings) and ``provenance``. Both files are written atomically and
+    the metrics file last (the old one is removed first), so a killed run never leaves a metrics file that
+    does not belong to the samples next to it. ``threads`` sets torch's CPU threads for this call (None: leave
+    torch's default, all cores). ``generator`` (tests, reuse) is an already-built backend.
+    """
+    from pspo.evaluation.backends import make_generator
+    from pspo.grading import grade
+    from pspo.io import atomic_path
+    from pspo.models import check_model_dir
+    from pspo.prompts import SYSTEM_PROMPT, render_prompt
+    from pspo.provenance import provenance
+
+    if isinstance(temperature, (int, float)):
+        temperature = float(temperature)
+    check_settings(benchmark=benchmark, temperature=temperature, n_samples=n_samples, top_p=top_p,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend, dtype=dtype, threads=threads)
+    check_model_dir(model_dir)
+    rows = load_rows(data_file)
+    if temperature == 0:
+        top_p = 1.0  # irrelevant for greedy; recorded as 1.0 so equal runs have equal settings
+
+    import torch
+
+    gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed)
+    prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
+    with torch_threads(threads):
+        used_threads = torch.get_num_threads()
+        outputs = gen.generate(
+            prompts, n=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+            batch_size=batch_size, progress=progress, prefix_hint=render_prompt(gen.tokenizer, "", system_prompt),
+        )
+
+    samples = []
+    for row, prompt, outs in zip(rows, prompts, outputs):
+        gold = str(row["answer"])
+        for s, c in enumerate(outs):
+            g = grade(benchmark, c.text, gold)
+            rec: dict[str, Any] = {"id": row["id"]}
+            if n_samples > 1:
+                rec["sample"] = s
+            rec.update(prompt=prompt, completion=c.text, extracted=g.extracted, gold=gold, correct=bool(g.correct),
+                       formatted=bool(g.formatted), completion_tokens=len(c.token_ids), finish_reason=c.finish_reason)
+            samples.append(rec)
+
+    if all(not s["completion"].strip() for s in samples):
+        raise PSPOError(
+            f"every completion of {model_dir} on {benchmark} is empty (the model stops at once): check that the "
+            "model's EOS token and chat template match its training; nothing was written"
+        )
+    stats = dict(getattr(gen, "last_stats", {}) or {})
+    settings = {
+        "benchmark": benchmark, "temperature": temperature, "n_samples": n_samples, "top_p": top_p,
+        "max_new_tokens": max_new_tokens, "seed": seed, "backend": gen.name, "dtype": gen.dtype,
+        "device": gen.device, "batch_size": batch_size,
+        "system_prompt": SYSTEM_PROMPT if system_prompt is None else system_prompt,
+    }
+    out_samples, out_metrics = Path(out_samples), Path(out_metrics)
+    # metrics outermost: the samples file is renamed into place first, then the metrics file
+    with atomic_path(out_metrics) as tmp_metrics, atomic_path(out_samples) as tmp_samples:
+        with open(tmp_samples, "w", encoding="utf-8") as f:
+            for rec in samples:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        metrics = metrics_from_samples(tmp_samples)
+        metrics["benchmark"] = benchmark
+        metrics["throughput"] = {
+            "completion_tokens": stats.get("completion_tokens"), "prefill_tokens": stats.get("prefill_tokens"),
+            "generation_seconds": stats.get("seconds"), "prefill_seconds": stats.get("prefill_seconds"),
+            "tokens_per_second": stats.get("tokens_per_second"),
+        }
+        metrics["generation"] = settings
+        metrics["samples_file"] = {"name": out_samples.name, "sha256": _sha256(tmp_samples)}
+        metrics["provenance"] = provenance(
+            config=settings, data_files=[data_file], model_fingerprint=model_fingerprint(model_dir),
+            torch_threads=used_threads, **(provenance_extra or {}),
+        )
+        tmp_metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                               encoding="utf-8")
+        out_metrics.unlink(missing_ok=True)  # an old metrics file must not outlive its samples file
+    return metrics
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Set torch's intra-op CPU threads for a block (None: unchanged), restoring the old value afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pspo evaluate", description="Evaluate a model on a benchmark file: per-sample "
+                                "JSONL + metrics JSON (computed from the per-sample file).")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--benchmark", required=True, help="gsm8k, svamp, asdiv, math500 (the grading rule)")
+    p.add_argument("--data-file", required=True, help="JSONL rows in the shared schema (id, question, answer, ...)")
+    p.add_argument("--out-samples", required=True)
+    p.add_argument("--out-metrics", required=True)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--n-samples", type=int, default=1)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--system-prompt", default=None, help="override the paper's system prompt ('' drops it)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    m = evaluate(
+        model_dir=a.model_dir, benchmark=a.benchmark, data_file=a.data_file, out_samples=a.out_samples,
+        out_metrics=a.out_metrics, temperature=a.temperature, n_samples=a.n_samples, top_p=a.top_p,
+        max_new_tokens=a.max_new_tokens, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
+        system_prompt=a.system_prompt, seed=a.seed, progress=not a.no_progress, threads=a.threads,
+    )
+    lo, hi = m["accuracy_ci95"]
+    line = (f"{a.benchmark}: accuracy {m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] (n={m['n']}), "
+            f"format {m['format_rate']:.3f}, truncated {m['truncation_rate']:.3f}, "
+            f"{m['mean_completion_tokens']:.1f} tokens/completion")
+    tps = m["throughput"]["tokens_per_second"]
+    if tps:
+        line += f", {tps:.0f} tok/s"
+    if m.get("pass_at_k"):
+        line += f", pass@{max(m['pass_at_k'], key=int)} {m['pass_at_k'][max(m['pass_at_k'], key=int)]:.4f}"
+        line += f", majority {m['majority_accuracy']:.4f}"
+    print(line)
+    print(a.out_metrics, file=sys.stderr)
+    return 0
