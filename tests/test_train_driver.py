@@ -31,12 +31,7 @@ SETTINGS = dict(
 TIMING = {"step_time"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def length_reward(completions, **kwargs):

@@ -13,13 +13,7 @@ from trl import GRPOConfig, GRPOTrainer
 from pspo.trainer import PSPOConfig, PSPOConfigError, PSPOTrainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: one intra-op thread is several times faster than two under contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tmp_path, **kw):
