@@ -7,6 +7,7 @@ Each case goes through the entry point a user would hit: `snakemake` for config 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -142,3 +143,35 @@ def test_every_completion_empty_is_refused_and_writes_nothing(tmp_path, smollm2_
         evaluate(model_dir=smollm2_dir, benchmark="gsm8k", data_file=data, out_samples=out / "s.jsonl",
                  out_metrics=out / "m.json", generator=SilentModel(), progress=False)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_existing_results_of_another_config_are_never_silently_overwritten(tmp_path, smollm2_dir):
+    """`pspo evaluate` onto a metrics file made with other settings: one line, both files untouched."""
+    from pspo.cli import main as cli_main
+    from pspo.io import write_jsonl_atomic
+
+    data = tmp_path / "rows.jsonl"
+    write_jsonl_atomic(data, [{"id": "q0", "question": "What is 2+3?", "answer": "5", "solution": None, "meta": {}}])
+    out_s, out_m = tmp_path / "s.jsonl", tmp_path / "m.json"
+    common = ["evaluate", "--model-dir", str(smollm2_dir), "--benchmark", "gsm8k", "--data-file", str(data),
+              "--out-samples", str(out_s), "--out-metrics", str(out_m), "--threads", "1", "--no-progress"]
+    assert cli_main(common + ["--max-new-tokens", "4"]) == 0
+    assert cli_main(common + ["--max-new-tokens", "4"]) == 0  # the same configuration may be recomputed
+    before = (out_s.read_bytes(), out_m.read_bytes())
+    assert cli_main(common + ["--max-new-tokens", "6"]) == 2
+    assert (out_s.read_bytes(), out_m.read_bytes()) == before
+    assert cli_main(common + ["--max-new-tokens", "6", "--overwrite"]) == 0
+    assert json.loads(out_m.read_text())["generation"]["max_new_tokens"] == 6
+
+
+def test_existing_training_run_of_another_config_is_refused(tmp_path, tiny_model_dir):
+    from pspo.train import run_training
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"provenance": {"config_hash": "0123456789abcdef"}}))
+    with pytest.raises(PSPOError, match=r"summary.json holds a run of a different configuration .*--overwrite"):
+        run_training(model_dir=tiny_model_dir, train_file=tmp_path / "t.jsonl", val_file=None,
+                     output_dir=tmp_path / "model", log_csv=tmp_path / "log.csv", summary_json=summary,
+                     checkpoint_dir=tmp_path / "ckpt", objective="pspo", seed=0,
+                     grpo_settings={"bf16": False, "use_cpu": True})
+    assert not (tmp_path / "model").exists() and not (tmp_path / "log.csv").exists()

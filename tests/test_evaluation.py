@@ -317,5 +317,5 @@ def test_kill_between_renames_leaves_no_metrics(smollm2_dir, two_rows_file, gene
 
     monkeypatch.setattr(pspo.io.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        _run(smollm2_dir, two_rows_file, tmp_path, generator, max_new_tokens=5)
+        _run(smollm2_dir, two_rows_file, tmp_path, generator, max_new_tokens=5, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]

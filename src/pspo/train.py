@@ -212,6 +212,7 @@ def run_training(
     require_gpu: bool = False,
     provenance_extra: dict | None = None,
     callbacks: Sequence[Any] = (),
+    overwrite: bool = False,
 ) -> dict:
     """Train one GRPO run with the chosen objective; write the model, the per-step CSV log and a summary JSON.
 
@@ -221,6 +222,7 @@ def run_training(
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests use them to inject faults).
     Checkpoints of a different configuration found in ``checkpoint_dir`` are moved to ``<dir>.stale-<hash>``, not
     resumed; ``keep_checkpoints_after_training=False`` deletes the checkpoints once the final model is written.
+    Existing outputs of a different configuration (``summary_json``) are an error unless ``overwrite``.
     Returns the summary dict.
     """
     import torch
@@ -267,6 +269,16 @@ def run_training(
                   "seed": seed, "grpo_settings": settings, "reward": reward if isinstance(reward, str) else "custom",
                   "system_prompt": system_prompt}
     run_hash = config_hash(run_config)
+    if Path(summary_json).is_file() and not overwrite:
+        try:
+            old_hash = json.loads(Path(summary_json).read_text(encoding="utf-8"))["provenance"]["config_hash"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old_hash = None
+        if old_hash not in (None, run_hash):
+            raise PSPOError(
+                f"{summary_json} holds a run of a different configuration (hash {old_hash}, this run {run_hash}); "
+                "choose other output paths, or pass --overwrite to replace it"
+            )
     marker = checkpoint_dir / RUN_CONFIG_FILE
     resume = latest_checkpoint(checkpoint_dir, remove_incomplete=True)
     if marker.is_file():
@@ -379,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system-prompt")
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--require-gpu", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs of a different configuration")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     summary = run_training(
@@ -386,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         log_csv=a.log_csv, summary_json=a.summary_json, checkpoint_dir=a.checkpoint_dir, objective=a.objective,
         seed=a.seed, grpo_settings=_parse_settings(a.grpo_settings), alpha=a.alpha, reward=a.reward,
         system_prompt=a.system_prompt, keep_checkpoints=a.keep_checkpoints, require_gpu=a.require_gpu,
+        overwrite=a.overwrite,
     )
     print(json.dumps({k: summary[k] for k in ("objective", "alpha", "seed", "steps", "resumed_from", "wall_time_s")}))
     return 0

@@ -101,7 +101,7 @@ def evaluate(
     out_metrics: str | os.PathLike, temperature: float = 0.0, n_samples: int = 1, top_p: float = 1.0,
     max_new_tokens: int = 128, backend: str = "auto", dtype: str = "auto", batch_size: int | None = None,
     system_prompt: str | None = None, seed: int = 0, provenance_extra: dict | None = None, progress: bool = True,
-    threads: int | None = None, generator: Any = None,
+    threads: int | None = None, generator: Any = None, overwrite: bool = False,
 ) -> dict:
     """Evaluate a model on one benchmark file; write ``out_samples`` (JSONL) and ``out_metrics`` (JSON); return
     the metrics dict.
@@ -112,7 +112,9 @@ def evaluate(
     ``throughput``, ``generation`` (the settings) and ``provenance``. Both files are written atomically and
     the metrics file last (the old one is removed first), so a killed run never leaves a metrics file that
     does not belong to the samples next to it. ``threads`` sets torch's CPU threads for this call (None: leave
-    torch's default, all cores). ``generator`` (tests, reuse) is an already-built backend.
+    torch's default, all cores). ``generator`` (tests, reuse) is an already-built backend. An existing
+    ``out_metrics`` made with different settings, model or data is never silently replaced: that is an error unless
+    ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job).
     """
     from pspo.evaluation.backends import make_generator
     from pspo.grading import grade
@@ -129,6 +131,13 @@ def evaluate(
     rows = load_rows(data_file)
     if temperature == 0:
         top_p = 1.0  # irrelevant for greedy; recorded as 1.0 so equal runs have equal settings
+    if not overwrite:
+        _refuse_overwriting_other_results(
+            Path(out_metrics), model_dir=model_dir, data_file=data_file,
+            requested={"benchmark": benchmark, "temperature": temperature, "n_samples": n_samples, "top_p": top_p,
+                       "max_new_tokens": max_new_tokens, "seed": seed,
+                       "system_prompt": SYSTEM_PROMPT if system_prompt is None else system_prompt},
+        )
 
     import torch
 
@@ -190,6 +199,30 @@ def evaluate(
     return metrics
 
 
+def _refuse_overwriting_other_results(out_metrics: Path, *, model_dir, data_file, requested: dict) -> None:
+    """One line, and nothing touched, when ``out_metrics`` holds results of another configuration."""
+    if not out_metrics.is_file():
+        return
+    try:
+        old = json.loads(out_metrics.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # not a metrics file we wrote: the atomic write replaces it
+    from pspo.provenance import file_sha256
+
+    differences = [f"{k}: {old.get('generation', {}).get(k)!r} -> {v!r}" for k, v in requested.items()
+                   if old.get("generation", {}).get(k) != v]
+    old_prov = old.get("provenance", {})
+    if old_prov.get("model_fingerprint", {}).get("sha256") not in (None, model_fingerprint(model_dir)["sha256"]):
+        differences.append(f"model: {model_dir} is not the model that produced it")
+    if old_prov.get("data_sha256", {}).get(Path(data_file).name) not in (None, file_sha256(data_file)):
+        differences.append(f"data: {Path(data_file).name} changed")
+    if differences:
+        raise PSPOError(
+            f"{out_metrics} holds results of a different configuration ({'; '.join(differences)}); "
+            "choose another output path, or pass --overwrite to replace them"
+        )
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None):
     """Set torch's intra-op CPU threads for a block (None: unchanged), restoring the old value afterwards."""
@@ -232,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system-prompt", default=None, help="override the paper's system prompt ('' drops it)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results of a different configuration")
     a = p.parse_args(argv)
     m = evaluate(
         model_dir=a.model_dir, benchmark=a.benchmark, data_file=a.data_file, out_samples=a.out_samples,
         out_metrics=a.out_metrics, temperature=a.temperature, n_samples=a.n_samples, top_p=a.top_p,
         max_new_tokens=a.max_new_tokens, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
         system_prompt=a.system_prompt, seed=a.seed, progress=not a.no_progress, threads=a.threads,
+        overwrite=a.overwrite,
     )
     lo, hi = m["accuracy_ci95"]
     line = (f"{a.benchmark}: accuracy {m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] (n={m['n']}), "
