@@ -110,7 +110,7 @@ class SlurmCluster:
         cluster_name: str = "pspotest",
         cpus: int | None = None,
         real_memory_mb: int | None = None,
-        min_job_age: int = 600,
+        min_job_age: int = 7200,
         startup_timeout: float = 90.0,
     ):
         self._own_root = root is None
@@ -184,7 +184,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
 # Jobs stay visible to `squeue --states=all` this long after they end: the Snakemake SLURM plugin
-# needs MinJobAge >= 3 x --slurm-init-seconds-before-status-checks to use squeue instead of sacct.
+# needs MinJobAge >= 3 x --slurm-init-seconds-before-status-checks to use squeue instead of sacct; 2 hours keeps
+# every job of a whole CI-grid run (~20 minutes) visible to the test's squeue checks.
 MinJobAge={self.min_job_age}
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2

@@ -50,7 +50,7 @@ def cluster_args(cluster: SlurmCluster) -> list[str]:
     defaults.pop("slurm_account", None)  # no account: the plugin's guess fails quietly and sbatch gets no -A
     default_resources = [f"{k}={v}" for k, v in defaults.items() if v not in ("", None)]
     return [
-        # No accounting database: sacct cannot see jobs, squeue can (MinJobAge 600 s >= 3 x 2 s).
+        # No accounting database: sacct cannot see jobs, squeue can (MinJobAge 7200 s >= 3 x 2 s).
         "--slurm-status-command", "squeue",
         "--slurm-init-seconds-before-status-checks", "2",
         # Declared by plugin 2.8.0 but not read anywhere in it; harmless, and right once it is implemented.
