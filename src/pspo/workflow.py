@@ -43,12 +43,9 @@ def run_job(smk: Any, body: Callable[[], Any]) -> None:
 
 
 def _set_torch_threads(threads: int) -> None:
-    if "torch" in sys.modules or threads:
-        try:
-            import torch
-        except ImportError:
-            return
-        torch.set_num_threads(threads)
+    """torch reads OMP_NUM_THREADS (set above) when it is imported; only an already imported torch needs telling."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def ensure_gpu(what: str) -> None:
