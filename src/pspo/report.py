@@ -18,6 +18,7 @@ import pandas as pd
 from pspo import config as pspo_config
 from pspo.config import FIGURES, table_names
 from pspo.errors import PSPOError
+from pspo.evaluation.metrics import wilson_interval
 from pspo.io import atomic_path, read_json, write_text_atomic
 from pspo.provenance import config_hash, git_commit, package_versions
 
@@ -84,18 +85,12 @@ def collect_train_logs(cfg: dict) -> pd.DataFrame:
 
 # --- statistics ------------------------------------------------------------------------------------------------
 
-def _wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    from pspo.evaluation import wilson_interval
-
-    return wilson_interval(correct, n, z)
-
-
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of accuracy over seeds, plus the Wilson 95% interval of the seeds pooled."""
 
     def agg(g: pd.DataFrame) -> pd.Series:
         correct, n = int(g["correct"].sum()), int(g["n"].sum())
-        low, high = _wilson(correct, n)
+        low, high = wilson_interval(correct, n)
         return pd.Series({
             "mean": 100 * g["accuracy"].mean(),
             "std": 100 * g["accuracy"].std(ddof=1) if len(g) > 1 else float("nan"),
