@@ -7,6 +7,14 @@ the optimizer step are TRL's in both and are left out (they would only dilute th
 interleaved (TRL, ours, TRL, ours, ...) and the median is reported.
 
     python benchmarks/bench_train_step.py [--repeats 7] [--threads 1] [--completion-length 128]
+
+``--breakdown`` instead times whole GRPO steps of the CPU grid (config/cpu.yaml's settings, the stand-in task) and
+prints the share of generation, old log-probs, the policy forward, backward and the rest; then the throughput of the
+ways a 2-core machine can run them, as ratios measured in one run: one job on 2 threads (fp32) vs two jobs on one
+thread each (fp32, the CPU grid's choice) vs one job on 2 threads with bf16 autocast (offered only where the CPU
+has AVX512-BF16 or AMX), with the reused pass's ratio spread beside each (bf16 log-prob rounding inflates it).
+
+    python benchmarks/bench_train_step.py --breakdown [--steps 4]
 """
 
 from __future__ import annotations
@@ -54,7 +62,120 @@ def make_batch(tokenizer, n: int, completion_length: int, seed: int = 0) -> dict
     }
 
 
+# ------------------------------------------------------------------------------------------ whole-step breakdown
+def cpu_features() -> set[str]:
+    """CPU flags that decide whether bf16 can pay off (never assumed: read from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
+
+
+def breakdown_worker(steps: int, threads: int, bf16: bool, out_dir: str) -> dict:
+    """One real CPU-grid training run of ``steps`` optimiser steps, every phase timed."""
+    import json
+    import collections
+    import yaml
+
+    torch.set_num_threads(threads)
+    from datasets import Dataset
+
+    from pspo import arith
+    from pspo.prompts import build_messages
+    from pspo.rewards import paper_reward
+    from pspo.trainer import PSPOConfig, PSPOTrainer
+
+    grpo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "cpu.yaml").read_text())["training"]["grpo"]
+    grpo.update(max_steps=steps, num_train_epochs=1, save_steps=10_000, bf16=bf16, use_cpu=True, report_to=[],
+                disable_tqdm=True, output_dir=out_dir, num_iterations=2, objective="clip", seed=0)
+    rows = arith.rows("arith_train")[:64]
+    ds = Dataset.from_list([{"prompt": build_messages(r["question"]), "answer": r["answer"]} for r in rows])
+    trainer = PSPOTrainer(model=str(model_dir()), reward_funcs=paper_reward, args=PSPOConfig(**grpo), train_dataset=ds)
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed(name_of, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name_of()] += time.perf_counter() - t0
+        return wrapper
+
+    trainer._generate = timed(lambda: "generation", trainer._generate)
+    trainer._get_per_token_logps_and_entropies = timed(
+        lambda: "policy forward" if torch.is_grad_enabled() else "old log-probs",
+        trainer._get_per_token_logps_and_entropies)
+    trainer.accelerator.backward = timed(lambda: "backward", trainer.accelerator.backward)
+    t0 = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t0
+    reused = [r["objective/ratio_std"] for r in trainer.state.log_history
+              if "objective/ratio_std" in r and r["objective/ratio_std"] > 0]
+    return {"total_s": total, "steps": trainer.state.global_step, "phases": dict(spent),
+            "reused_ratio_std": statistics.mean(reused) if reused else 0.0}
+
+
+def breakdown_main(steps: int) -> None:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    features = cpu_features()
+    bf16_ok = bool(features & {"avx512_bf16", "amx_bf16"})
+
+    def run(threads: int, bf16: bool, copies: int) -> list[dict]:
+        cmd = [sys.executable, __file__, "--worker", "--steps", str(steps), "--threads", str(threads)]
+        cmd += ["--bf16"] if bf16 else []
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = [subprocess.Popen(cmd + ["--out-dir", f"{tmp}/{i}"], stdout=subprocess.PIPE, text=True, env=env)
+                     for i in range(copies)]
+            outs = [p.communicate()[0] for p in procs]
+        return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+    modes = [("one job, 2 threads, fp32", 2, False, 1), ("two jobs, 1 thread each, fp32", 1, False, 2)]
+    if bf16_ok:
+        modes.append(("one job, 2 threads, bf16 autocast", 2, True, 1))
+    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, flags {sorted(features) or 'unknown'}; "
+          f"{steps} optimiser steps of config/cpu.yaml's GRPO settings (clip, mu = 2) per job")
+    base_rate = None
+    for label, threads, bf16, copies in modes:
+        results = run(threads, bf16, copies)
+        rate = sum(r["steps"] for r in results) / max(r["total_s"] for r in results)  # machine throughput
+        base_rate = base_rate or rate
+        r = results[0]
+        shares = ", ".join(f"{k} {100 * v / r['total_s']:.0f}%" for k, v in sorted(r["phases"].items()))
+        rest = 100 * (1 - sum(r["phases"].values()) / r["total_s"])
+        print(f"{label:>36}: {rate * 60:.2f} steps/min on the machine, ratio {rate / base_rate:.2f}; "
+              f"step {r['total_s'] / r['steps']:.1f} s = {shares}, other {rest:.0f}%; "
+              f"reused-pass ratio std {r['reused_ratio_std']:.4f}")
+    if not bf16_ok:
+        print("bf16 not tried: this CPU has neither AVX512-BF16 nor AMX (bf16 would run slower than fp32)")
+
+
 def main() -> None:
+    import sys
+
+    if "--breakdown" in sys.argv or "--worker" in sys.argv:
+        import json
+
+        p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        p.add_argument("--breakdown", action="store_true")
+        p.add_argument("--worker", action="store_true")
+        p.add_argument("--steps", type=int, default=4)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--bf16", action="store_true")
+        p.add_argument("--out-dir", default="/tmp/pspo-bench-breakdown")
+        a = p.parse_args()
+        if a.worker:
+            print(json.dumps(breakdown_worker(a.steps, a.threads, a.bf16, a.out_dir)))
+        else:
+            breakdown_main(a.steps)
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=int(os.environ.get("PSPO_TORCH_THREADS", "1")))

@@ -27,7 +27,8 @@ def test_load_local_counts_and_schema(data_dir, name):
 
 
 def test_benchmarks_constant():
-    assert data.BENCHMARKS == ("gsm8k", "svamp", "asdiv", "math500")
+    assert data.PAPER_BENCHMARKS == ("gsm8k", "svamp", "asdiv", "math500")
+    assert data.BENCHMARKS == data.PAPER_BENCHMARKS + ("arith",)  # + the CPU stand-in's held-out set
 
 
 # --------------------------------------------------------------------------------------------------- split
@@ -256,8 +257,9 @@ def test_prepare_data_cli(data_dir, tmp_path, capsys):
     meta = json.loads((out / "train.meta.json").read_text())
     assert meta["seed"] == 2 and meta["rows"] == 7000 and meta["source"] == "local"
     assert meta["input_sha256"] == "5fc3087d9584af536957b07c225fac9f07be8a91fc0b301b64d7bcea1eb7f851"
-    for b in data.BENCHMARKS:
+    for b in data.PAPER_BENCHMARKS:  # the CLI's default: the paper's four
         assert len(read(out / f"{b}.jsonl")) == 40
+    assert not (out / "arith.jsonl").exists()
     am = json.loads((out / "asdiv.meta.json").read_text())
     assert (am["subset"], am["limit"], am["limit_seed"], am["input_rows"]) == ("pal2096", 40, 0, 2305)
     assert am["ids_sha256"] and am["provenance"]["data_sha256"] == {"asdiv.jsonl": am["input_sha256"]}

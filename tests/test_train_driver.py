@@ -135,6 +135,8 @@ def test_reference_run_outputs(runs):
     assert saved["steps"] == N_STEPS and saved["resumed_from"] is None and saved["objective"] == "pspo"
     assert saved["alpha"] == 0.1 and saved["checkpoint_disk_bytes"] > 0 and saved["wall_time_s"] > 0
     assert saved["checkpoints"] == ["checkpoint-4", "checkpoint-5"]  # keep_checkpoints=2
+    signal = saved["learning_signal"]  # the length reward varies within groups: the run learned
+    assert saved["trained"] is True and signal["steps"] == N_STEPS and signal["generation_steps"] == 3
     prov = saved["provenance"]
     assert prov["versions"]["trl"] == "1.16.0" and "train.jsonl" in prov["data_sha256"]
 

@@ -212,6 +212,10 @@ def test_training_mu2_second_pass_is_off_policy(tiny_model_dir, tmp_path, object
     assert first["objective/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     # the second step reuses the generations after one optimizer step: the ratio is no longer 1
     assert second["objective/ratio_std"] > 1e-3
+    # the reused pass is also logged on its own; the first pass never is
+    assert not any(k.startswith("objective/reused/") for k in first)
+    for key in RATIO_KEYS + ([EXTRA[objective]] if EXTRA[objective] else []):
+        assert second[key.replace("objective/", "objective/reused/")] == second[key], key
     assert second["objective/ratio_min"] < 1.0 < second["objective/ratio_max"]
     if objective == "pspo":
         alpha = 0.1
@@ -228,3 +232,49 @@ def test_training_mu1_ratio_is_exactly_one(tiny_model_dir, tmp_path):
         assert (row["objective/ratio_mean"], row["objective/ratio_std"]) == (1.0, 0.0)
         assert row["objective/ratio_min"] == row["objective/ratio_max"] == 1.0
         assert row["objective/clip_fraction"] == 0.0
+
+
+class _OneProcess:
+    """The two accelerator calls the metrics make, for a single process."""
+
+    @staticmethod
+    def reduce(x, reduction="sum"):
+        return x
+
+    @staticmethod
+    def gather(x):
+        return x
+
+
+@pytest.mark.parametrize("spread", [3e-4, 1e-3, 0.1])
+def test_ratio_std_is_exact_for_small_spreads(spread):
+    # At the paper's learning rates the ratio moves by ~1e-4; E[r^2] - E[r]^2 in float32 logged such spreads as 0.
+    import collections
+
+    g = torch.Generator().manual_seed(0)
+    ratio = 1 + spread * torch.randn(8, 1024, generator=g, dtype=torch.float64)
+    log_ratio = ratio.log().to(torch.float32)
+    mask = torch.ones(8, 1024)
+    mask[:, 1000:] = 0
+    fake = types.SimpleNamespace(objective="noclip", accelerator=_OneProcess(),
+                                 _metrics={"train": collections.defaultdict(list)})
+    PSPOTrainer._log_objective_metrics(fake, "train", log_ratio, torch.ones(8, 1), mask)
+    logged = fake._metrics["train"]
+    kept = log_ratio.double().exp()[:, :1000]
+    assert logged["objective/ratio_std"][0] == pytest.approx(kept.std(unbiased=False).item(), rel=1e-3)
+    assert logged["objective/ratio_mean"][0] == pytest.approx(kept.mean().item(), abs=1e-7)
+    assert logged["objective/ratio_max"][0] == pytest.approx(kept.max().item(), rel=1e-6)
+
+
+def test_reuse_that_is_never_off_policy_is_refused(tmp_path):
+    # 4 accumulation steps, a generation batch every 2 micro-steps, mu = 2: TRL skips old log-probs, r = 1 always
+    kw = dict(num_iterations=2, gradient_accumulation_steps=4, steps_per_generation=2)
+    with pytest.raises(PSPOConfigError, match="reuses nothing off-policy: gradient_accumulation_steps=4") as info:
+        PSPOConfig(**_cfg(tmp_path, **kw))
+    assert "\n" not in str(info.value)
+    assert PSPOConfig(**_cfg(tmp_path, num_iterations=2, gradient_accumulation_steps=4)).steps_per_generation == 4
+
+
+def test_an_objective_without_reuse_warns_that_it_changes_only_the_scale(tmp_path):
+    with pytest.warns(UserWarning, match="objective='clip' with num_iterations=1"):
+        PSPOConfig(**_cfg(tmp_path, objective="clip", num_iterations=1))

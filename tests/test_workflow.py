@@ -47,7 +47,7 @@ def test_every_table_and_figure_exists_and_is_non_empty(ci_run):
         for ext in ("csv", "md", "tex"):
             path = results / "report" / "tables" / f"{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 0, path
-    for name in C.FIGURES:
+    for name in C.figure_names(cfg):
         for ext in ("png", "pdf"):
             path = results / "report" / "figures" / f"{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 1000, path
@@ -87,6 +87,28 @@ def test_training_logs_show_the_objectives_differ_only_on_reuse(ci_run):
         if cfg["runs"][job.run]["grpo"].get("num_iterations", 1) == 1:
             # mu = 1: the ratio is exactly 1 in value (tests/test_trainer.py shows mu = 2 moving it)
             assert (log["objective/ratio_max"] == 1).all() and (log["objective/ratio_min"] == 1).all()
+
+
+def test_ci_grid_learns(ci_run):
+    """Every run of the finished CI grid got a learning signal: real gradients, and mu = 2 moved the ratio.
+
+    The CI grid trains on the CPU stand-in task with 4 groups per generation batch; a run whose groups all got
+    equal rewards would have zero gradients and equal its base model (the failure this guards against).
+    """
+    results, cfg = ci_run
+    for job in C.train_jobs(cfg):
+        run_dir = results / "train" / job.model / job.run_id / f"seed{job.seed}"
+        log = pd.read_csv(run_dir / "log.csv", comment="#")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["trained"] and not summary["warnings"], (job.tag, summary["warnings"])
+        assert (log["grad_norm"] > 0).mean() >= 0.8, job.tag
+        assert (log["reward_std"].dropna() > 0).any(), job.tag
+        assert summary["weight_change_from_base"]["relative_l2"] > 0, job.tag
+        if cfg["runs"][job.run]["grpo"].get("num_iterations", 1) == 2:
+            assert (log["objective/ratio_std"] > 0).any(), job.tag  # the reused pass is off-policy
+    index = (results / "index.md").read_text()
+    assert "## Warnings" not in index and "not trained" not in (
+        results / "report" / "tables" / "main_smollm2-135m.md").read_text()
 
 
 def test_second_run_has_nothing_to_do(ci_run):

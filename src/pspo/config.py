@@ -306,14 +306,14 @@ def eval_jobs(cfg: dict) -> list[EvalJob]:
 
 def split_settings(cfg: dict) -> dict:
     d = cfg["data"]
-    return {k: d[k] for k in ("source", "dir", "train_size", "val_size", "train_limit")}
+    return {k: d[k] for k in ("source", "dir", "train_size", "val_size", "train_limit", "train_set")}
 
 
 def eval_data_settings(cfg: dict, benchmark: str) -> dict:
     d = cfg["data"]
     subset = {"asdiv": d["asdiv_subset"], "svamp": d["svamp_subset"]}.get(benchmark, "all")
     return {"source": d["source"], "dir": d["dir"], "benchmark": benchmark, "subset": subset,
-            "limit": d["eval_limit"], "seed": d["eval_seed"]}
+            "limit": d["eval_limits"].get(benchmark, d["eval_limit"]), "seed": d["eval_seed"]}
 
 
 def generation_settings(cfg: dict, temperature: float, n_samples: int) -> dict:
@@ -329,8 +329,19 @@ FIGURES = ("figure1_surrogate", "training_curves", "accuracy")
 
 
 def table_names(cfg: dict) -> list[str]:
+    from pspo import control
+
     names = ["hyperparameters"] + [f"main_{m}" for m in cfg["models"]]
     names += ["alpha_ablation", "response_quality", "reported_vs_reproduced", "provenance"]
     if cfg["evaluation"]["sampled"]["runs"] and cfg["evaluation"]["sampled"]["temperatures"]:
         names.append("sampling")
+    if control.control_pairs(cfg):
+        names.append(control.CONTROL_TABLE)
     return names
+
+
+def figure_names(cfg: dict) -> list[str]:
+    """FIGURES, plus GR-PSPO against its control where the grid trains both."""
+    from pspo import control
+
+    return list(FIGURES) + ([control.CONTROL_FIGURE] if control.control_pairs(cfg) else [])

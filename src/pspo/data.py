@@ -26,7 +26,11 @@ from typing import Any, Iterable, Sequence
 
 from pspo.errors import PSPOError
 
-BENCHMARKS = ("gsm8k", "svamp", "asdiv", "math500")
+PAPER_BENCHMARKS = ("gsm8k", "svamp", "asdiv", "math500")
+# `arith` is the held-out set of the CPU stand-in task (pspo.arith), generated in code; not a paper benchmark.
+BENCHMARKS = PAPER_BENCHMARKS + ("arith",)
+GENERATED = ("arith", "arith_train")  # made by pspo.arith on every machine: no file, no hub
+TRAIN_SETS = {"gsm8k": "gsm8k_train", "arith": "arith_train"}  # config data.train_set -> the pool it splits
 FILES = {
     "gsm8k": "gsm8k_test.jsonl",
     "gsm8k_train": "gsm8k_train.jsonl",
@@ -34,8 +38,10 @@ FILES = {
     "asdiv": "asdiv.jsonl",
     "math500": "math500.jsonl",
 }
-LOADABLE = tuple(FILES)
+LOADABLE = tuple(FILES) + GENERATED
 SUBSETS = {
+    "arith": ("all",),
+    "arith_train": ("all",),
     "gsm8k": ("all",),
     "gsm8k_train": ("all",),
     "svamp": ("all", "300"),
@@ -82,6 +88,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     raise PSPOError(f"no data directory given; {_FIX}")
 
 
+def resolve_source(source: str, data_dir: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """``(source, dir)`` with ``auto`` made concrete: the local directory when it exists (``data_dir``, else
+    $PSPO_DATA_DIR), else the hub. Resolved once, where the workflow starts, so every job and record names one."""
+    if source != "auto":
+        return source, None if data_dir is None else str(data_dir)
+    for candidate in (data_dir, os.environ.get(_ENV_DATA_DIR)):
+        if candidate and Path(candidate).is_dir():
+            return "local", str(candidate)
+    return "hub", None if data_dir is None else str(data_dir)
+
+
 def data_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The local JSONL path of a benchmark; PSPOError naming the file, the directory and the fix if missing."""
     name = _check_name(name)
@@ -117,6 +134,10 @@ def load_benchmark(
     from pspo.io import read_jsonl
 
     name = _check_name(name)
+    if name in GENERATED:
+        from pspo import arith
+
+        return _validate_rows(arith.rows(name), f"pspo.arith:{name}")
     if source == "local":
         path = data_file(name, data_dir)
         return _validate_rows(read_jsonl(path), str(path))
@@ -347,6 +368,8 @@ def _input_record(name: str, source: str, data_dir: str | os.PathLike | None) ->
     """What a written file was made from: the local file and its sha256, or the hub dataset."""
     from pspo.provenance import file_sha256
 
+    if name in GENERATED:
+        return {"source": "generated", "generator": "pspo.arith", "input_sha256": None}, []
     if source == "local":
         path = data_file(name, data_dir)
         return {"source": "local", "data_dir": str(path.parent), "input_file": path.name,
@@ -371,15 +394,19 @@ def _write(path: str | os.PathLike, rows: list[dict], record: dict, data_files: 
 
 def write_train_split(*, seed: int, out_train: str | os.PathLike, out_val: str | os.PathLike, source: str = "local",
                       dir: str | os.PathLike | None = None, train_size: int = GSM8K_TRAIN_SIZE,
-                      val_size: int | None = None, train_limit: int | None = None) -> None:
-    """The seed-shuffled GSM8K train/validation split; ``train_limit`` keeps the first N training rows (CPU grids)."""
-    rows = load_benchmark("gsm8k_train", source=source, data_dir=dir)
+                      val_size: int | None = None, train_limit: int | None = None, train_set: str = "gsm8k") -> None:
+    """The seed-shuffled train/validation split of ``train_set`` (GSM8K train, or the CPU stand-in pool
+    ``arith``); ``train_limit`` keeps the first N training rows (CPU grids)."""
+    if train_set not in TRAIN_SETS:
+        raise PSPOError(f"unknown train set {train_set!r}; valid: {', '.join(TRAIN_SETS)}")
+    pool = TRAIN_SETS[train_set]
+    rows = load_benchmark(pool, source=source, data_dir=dir)
     train, val = split_train_val(rows, seed=seed, train_size=train_size, val_size=val_size)
     if train_limit is not None:
         train = train[:train_limit]
-    record, files = _input_record("gsm8k_train", source, dir)
-    common = {"benchmark": "gsm8k_train", **record, "seed": seed, "train_size": train_size, "train_limit": train_limit,
-              "val_size": len(val), "input_rows": len(rows),
+    record, files = _input_record(pool, source, dir)
+    common = {"benchmark": pool, "train_set": train_set, **record, "seed": seed, "train_size": train_size,
+              "train_limit": train_limit, "val_size": len(val), "input_rows": len(rows),
               "shuffle": "numpy.random.default_rng(seed).permutation (== datasets.Dataset.shuffle(seed=seed))"}
     _write(out_train, train, {**common, "part": "train"}, files)
     _write(out_val, val, {**common, "part": "validation"}, files)
@@ -404,20 +431,26 @@ def main(argv: Iterable[str] | None = None) -> int:
         "(each with a <name>.meta.json recording every choice).",
     )
     ap.add_argument("--out-dir", type=Path, required=True)
-    ap.add_argument("--source", choices=("local", "hub"), default="local")
+    ap.add_argument("--source", choices=("auto", "local", "hub"), default="auto",
+                    help="auto: the local --data-dir (or $PSPO_DATA_DIR) when it exists, else the hub")
     ap.add_argument("--data-dir", type=Path, default=None, help="local benchmark JSONL directory (source local)")
     ap.add_argument("--seed", type=int, default=0, help="train/val shuffle seed (the paper uses the run seed)")
     ap.add_argument("--train-size", type=int, default=GSM8K_TRAIN_SIZE)
     ap.add_argument("--val-size", type=int, default=None, help="default: all remaining rows (473); 472 = authors'")
     ap.add_argument("--train-limit", type=int, default=None, help="keep the first N shuffled training rows")
     ap.add_argument("--no-train", action="store_true", help="skip the train/val split")
-    ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated evaluation sets ('' for none)")
+    ap.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS),
+                    help=f"comma-separated evaluation sets from {', '.join(BENCHMARKS)} ('' for none)")
+    ap.add_argument("--train-set", choices=tuple(TRAIN_SETS), default="gsm8k",
+                    help="gsm8k, or arith (the CPU stand-in task, pspo.arith)")
     ap.add_argument("--asdiv-subset", default="all", choices=SUBSETS["asdiv"])
     ap.add_argument("--svamp-subset", default="all", choices=SUBSETS["svamp"])
     ap.add_argument("--limit", type=int, default=None, help="seeded random subset of each evaluation set")
     ap.add_argument("--limit-seed", type=int, default=0)
     args = ap.parse_args(list(argv) if argv is not None else None)
 
+    args.source, data_dir = resolve_source(args.source, args.data_dir)
+    args.data_dir = None if data_dir is None else Path(data_dir)
     benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     for b in benches:
         _check_name(b, BENCHMARKS)
@@ -426,7 +459,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not args.no_train:
         write_train_split(seed=args.seed, out_train=args.out_dir / "train.jsonl", out_val=args.out_dir / "val.jsonl",
                           source=args.source, dir=args.data_dir, train_size=args.train_size, val_size=args.val_size,
-                          train_limit=args.train_limit)
+                          train_limit=args.train_limit, train_set=args.train_set)
     for b in benches:
         write_eval_rows(out=args.out_dir / f"{b}.jsonl", benchmark=b, source=args.source, dir=args.data_dir,
                         subset={"asdiv": args.asdiv_subset, "svamp": args.svamp_subset}.get(b, "all"),
@@ -437,5 +470,5 @@ def main(argv: Iterable[str] | None = None) -> int:
 __all__ = [
     "BENCHMARKS", "FILES", "SUBSETS", "HUB_DATASETS", "load_benchmark", "load_hub", "normalize_hub_records",
     "normalize_asdiv_answer", "select_eval_rows", "select_ids", "split_train_val", "resolve_data_dir", "data_file",
-    "write_train_split", "write_eval_rows", "main",
+    "write_train_split", "write_eval_rows", "main", "resolve_source", "PAPER_BENCHMARKS", "TRAIN_SETS", "GENERATED",
 ]

@@ -52,7 +52,7 @@ from pspo.errors import PSPOError
 
 log = logging.getLogger(__name__)
 
-GRADED_BENCHMARKS = ("gsm8k", "gsm8k_train", "svamp", "asdiv", "math500")
+GRADED_BENCHMARKS = ("gsm8k", "gsm8k_train", "svamp", "asdiv", "math500", "arith", "arith_train")
 MATH_TIMEOUT_SECONDS = 5
 
 # ---------------------------------------------------------------------------------------------- number tokens
@@ -337,7 +337,7 @@ def grade_math(completion: str, gold: str, *, timeout: int | None = MATH_TIMEOUT
 # ---------------------------------------------------------------------------------------------- dispatch
 def grade(benchmark: str, completion: str, gold: str) -> Grade:
     """Grade one completion with the benchmark's rule (see the module docstring)."""
-    if benchmark in ("gsm8k", "gsm8k_train", "gsm8k_test", "svamp"):
+    if benchmark in ("gsm8k", "gsm8k_train", "gsm8k_test", "svamp", "arith", "arith_train"):
         return grade_numeric(completion, gold)
     if benchmark == "asdiv":
         return grade_numeric(completion, gold, rounded_gold=True)

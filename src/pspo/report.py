@@ -4,6 +4,10 @@ Tables are built with pandas from the per-job metrics JSON files that pspo.evalu
 from the per-sample files) and the training CSV logs; nothing is typed by hand except the paper's own reported
 numbers in ``REPORTED``. Each Markdown/LaTeX table ends with its provenance; each CSV starts with a ``#`` line
 holding it (read with ``pandas.read_csv(path, comment="#")``).
+
+A training run whose summary.json says it had no learning signal (pspo.train's ``"trained": false``) ended equal to
+its base model, so its accuracy is not a result: per-run tables carry a ``trained`` column, their Markdown/LaTeX
+cells read "not trained (no learning signal)" (the CSV keeps the numbers), and index.md lists every run's warnings.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from pspo import config as pspo_config
-from pspo.config import FIGURES, table_names
+from pspo import control
+from pspo.config import figure_names, table_names
 from pspo.errors import PSPOError
 from pspo.evaluation.metrics import wilson_interval
 from pspo.io import atomic_path, read_json, write_text_atomic
@@ -33,7 +38,11 @@ REPORTED = [
     ("Qwen/Qwen2-Math-1.5B", "gsm8k", "pspo", 79.9),
     ("Qwen/Qwen2-Math-1.5B", "math500", "pspo", 59.6),
 ]
-BENCHMARK_LABELS = {"gsm8k": "GSM8K", "svamp": "SVAMP", "asdiv": "ASDiv", "math500": "MATH-500"}
+BENCHMARK_LABELS = {"gsm8k": "GSM8K", "svamp": "SVAMP", "asdiv": "ASDiv", "math500": "MATH-500",
+                    "arith": "Arithmetic (CPU stand-in)"}
+NOT_TRAINED = "not trained (no learning signal)"
+# Numeric columns that describe a table row rather than what the run measured: never replaced by NOT_TRAINED.
+_ROW_DESCRIPTORS = ("temperature", "reported", "seeds", "n_samples")
 
 
 # --- collecting ------------------------------------------------------------------------------------------------
@@ -48,17 +57,43 @@ def _job_identity(cfg: dict, job: pspo_config.EvalJob, trained: dict) -> dict:
     }
 
 
-def collect_metrics(cfg: dict) -> pd.DataFrame:
-    """One row per evaluation job of the config, read from its metrics JSON."""
+def _train_dir(cfg: dict, job: pspo_config.TrainJob) -> Path:
+    return Path(cfg["results_dir"]) / "train" / job.model / job.run_id / f"seed{job.seed}"
+
+
+def run_trained(summary: dict) -> bool:
+    """False only when pspo.train found no learning signal; summaries older than that check count as trained."""
+    return summary.get("trained", True) is not False
+
+
+def collect_train_status(cfg: dict) -> dict[tuple[str, str, int], dict]:
+    """Per training job (model, run_id, seed): ``trained`` and ``warnings``, read from its summary.json."""
+    out = {}
+    for job in pspo_config.train_jobs(cfg):
+        path = _train_dir(cfg, job) / "summary.json"
+        if not path.is_file():
+            raise PSPOError(f"{path}: training summary missing; rerun the workflow to train {job.tag}")
+        summary = read_json(path)
+        out[(job.model, job.run_id, job.seed)] = {"trained": run_trained(summary),
+                                                  "warnings": list(summary.get("warnings") or [])}
+    return out
+
+
+def collect_metrics(cfg: dict, status: dict | None = None) -> pd.DataFrame:
+    """One row per evaluation job of the config, read from its metrics JSON; ``trained`` from ``status``
+    (:func:`collect_train_status`, read when not given; the base model counts as trained)."""
+    status = collect_train_status(cfg) if status is None else status
     rows = []
     trained = {(job.model, job.tag): job for job in pspo_config.train_jobs(cfg)}
     for job in pspo_config.eval_jobs(cfg):
         path = Path(cfg["results_dir"]) / "eval" / job.model / job.tag / f"{job.stem}.metrics.json"
         m = read_json(path)
         ci = m["accuracy_ci95"]
+        train = trained.get((job.model, job.tag))  # None: the base model
         row = {
             "model": job.model, "tag": job.tag, "benchmark": job.benchmark, "temperature": job.temperature,
             "n_samples": job.n_samples, **_job_identity(cfg, job, trained),
+            "trained": train is None or status[(train.model, train.run_id, train.seed)]["trained"],
             "accuracy": m["accuracy"], "n": m["n"], "correct": m["correct"], "ci_low": ci[0], "ci_high": ci[1],
             "mean_completion_tokens": m["mean_completion_tokens"], "format_rate": m["format_rate"],
             "truncation_rate": m["truncation_rate"], "repetition_rate": m.get("repetition_rate"),
@@ -73,7 +108,7 @@ def collect_metrics(cfg: dict) -> pd.DataFrame:
 def collect_train_logs(cfg: dict) -> pd.DataFrame:
     frames = []
     for job in pspo_config.train_jobs(cfg):
-        path = Path(cfg["results_dir"]) / "train" / job.model / job.run_id / f"seed{job.seed}" / "log.csv"
+        path = _train_dir(cfg, job) / "log.csv"
         if not path.is_file():
             raise PSPOError(f"{path}: training log missing; rerun the workflow to train {job.tag}")
         df = pd.read_csv(path, comment="#")
@@ -86,7 +121,8 @@ def collect_train_logs(cfg: dict) -> pd.DataFrame:
 # --- statistics ------------------------------------------------------------------------------------------------
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of accuracy over seeds, plus the Wilson 95% interval of the seeds pooled."""
+    """Mean and std of accuracy over seeds, plus the Wilson 95% interval of the seeds pooled, and how many of the
+    seeds had no learning signal (``trained``: every seed learned)."""
 
     def agg(g: pd.DataFrame) -> pd.Series:
         correct, n = int(g["correct"].sum()), int(g["n"].sum())
@@ -95,10 +131,13 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
             "mean": 100 * g["accuracy"].mean(),
             "std": 100 * g["accuracy"].std(ddof=1) if len(g) > 1 else float("nan"),
             "seeds": len(g), "pooled_low": 100 * low, "pooled_high": 100 * high,
+            "untrained_seeds": int(g["trained"].eq(False).sum()),
         })
 
     keys = ["model", "run_id", "label", "benchmark"]
-    return df.groupby(keys, sort=False, dropna=False).apply(agg, include_groups=False).reset_index()
+    out = df.groupby(keys, sort=False, dropna=False).apply(agg, include_groups=False).reset_index()
+    out["trained"] = out["untrained_seeds"] == 0
+    return out
 
 
 def _cell(mean: float, std: float, low: float | None = None, high: float | None = None) -> str:
@@ -106,6 +145,15 @@ def _cell(mean: float, std: float, low: float | None = None, high: float | None 
     if low is not None:
         text += f" [{low:.1f}, {high:.1f}]"
     return text
+
+
+def _accuracy_cell(h: pd.Series) -> str:
+    """A summary row as text: NOT_TRAINED when no seed learned, a note when only some did."""
+    untrained, seeds = int(h["untrained_seeds"]), int(h["seeds"])
+    if untrained == seeds:
+        return NOT_TRAINED
+    text = _cell(h["mean"], h["std"], h["pooled_low"], h["pooled_high"])
+    return text + (f" ({untrained} of {seeds} seeds not trained)" if untrained else "")
 
 
 # --- tables ----------------------------------------------------------------------------------------------------
@@ -143,12 +191,13 @@ def _main_rows(cfg: dict, summary: pd.DataFrame, model: str, run_ids: list[str])
         sub = summary[(summary.model == model) & (summary.run_id == run_id)]
         if sub.empty:
             continue
-        row = {"method": sub.label.iloc[0], "run_id": run_id, "seeds": int(sub.seeds.max())}
+        row = {"method": sub.label.iloc[0], "run_id": run_id, "seeds": int(sub.seeds.max()),
+               "trained": bool(sub.trained.all())}
         for b in benchmarks:
             hit = sub[sub.benchmark == b]
             if not hit.empty:
                 h = hit.iloc[0]
-                row[BENCHMARK_LABELS[b]] = _cell(h["mean"], h["std"], h["pooled_low"], h["pooled_high"])
+                row[BENCHMARK_LABELS[b]] = _accuracy_cell(h)
                 row[f"{b}_mean"], row[f"{b}_std"] = h["mean"], h["std"]
                 row[f"{b}_low"], row[f"{b}_high"] = h["pooled_low"], h["pooled_high"]
         rows.append(row)
@@ -180,15 +229,43 @@ def table_alpha_ablation(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def changed_vs_base(cfg: dict, df: pd.DataFrame) -> pd.Series:
+    """Per T=0 row: the fraction of its greedy completions that differ from the base model's on the same question.
+    0 for a trained run means training did not change what the model says (NaN for the base model itself)."""
+    from pspo.io import read_jsonl
+
+    def completions(model: str, tag: str, benchmark: str) -> dict:
+        path = Path(cfg["results_dir"]) / "eval" / model / tag / f"{benchmark}_T0_n1.samples.jsonl"
+        return {r["id"]: r["completion"] for r in read_jsonl(path)}
+
+    base_cache: dict = {}
+    out = []
+    for row in df.itertuples():
+        if row.temperature != 0 or row.tag == pspo_config.BASE:
+            out.append(float("nan"))
+            continue
+        key = (row.model, row.benchmark)
+        if key not in base_cache:
+            base_cache[key] = completions(row.model, pspo_config.BASE, row.benchmark)
+        base, mine = base_cache[key], completions(row.model, row.tag, row.benchmark)
+        out.append(sum(mine[i] != base.get(i) for i in mine) / max(len(mine), 1))
+    return pd.Series(out, index=df.index)
+
+
 def table_response_quality(df: pd.DataFrame) -> pd.DataFrame:
     t0 = df[df.temperature == 0]
-    cols = ["mean_completion_tokens", "format_rate", "truncation_rate", "repetition_rate"]
-    out = t0.groupby(["model", "run_id", "label", "benchmark"], sort=False)[cols].mean().reset_index()
+    cols = ["mean_completion_tokens", "format_rate", "truncation_rate", "repetition_rate", "changed_vs_base"]
+    cols = [c for c in cols if c in t0.columns]
+    groups = t0.groupby(["model", "run_id", "label", "benchmark"], sort=False)
+    out = groups[cols].mean()
+    out["trained"] = groups["trained"].all()
+    out = out.reset_index()
     for c in cols[1:]:
         out[c] = 100 * out[c]
     return out.rename(columns={
         "mean_completion_tokens": "mean length (tokens)", "format_rate": "format %",
         "truncation_rate": "truncated %", "repetition_rate": "repetitive %",
+        "changed_vs_base": "% of greedy answers changed vs base",
     })
 
 
@@ -198,7 +275,10 @@ def table_sampling(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     pass_cols = sorted([c for c in sampled.columns if c.startswith("pass@")], key=lambda c: int(c[5:]))
     cols = pass_cols + ["majority_accuracy"]
-    out = sampled.groupby(["model", "run_id", "label", "benchmark", "temperature"], sort=False)[cols].mean().reset_index()
+    groups = sampled.groupby(["model", "run_id", "label", "benchmark", "temperature"], sort=False)
+    out = groups[cols].mean()
+    out["trained"] = groups["trained"].all()
+    out = out.reset_index()
     for c in cols:
         out[c] = 100 * out[c]
     return out.rename(columns={"majority_accuracy": f"maj@{int(sampled.n_samples.max())}"})
@@ -208,7 +288,7 @@ def table_reported(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for hub_id, benchmark, objective, reported in REPORTED:
         models = [m for m, spec in cfg["models"].items() if spec["path"] == hub_id]
-        reproduced, std, n_seeds = None, None, 0
+        reproduced, std, n_seeds, trained = None, None, 0, None
         for model in models:
             run_ids = [
                 pspo_config.run_id(run, cfg["main_alpha"] if objective == "pspo" else None)
@@ -219,12 +299,13 @@ def table_reported(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
             hit = summary[(summary.model == model) & summary.run_id.isin(run_ids[:1]) & (summary.benchmark == benchmark)]
             if not hit.empty:
                 reproduced, std, n_seeds = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit.seeds.iloc[0])
+                trained = bool(hit.trained.iloc[0])
         rows.append({
             "model": hub_id, "benchmark": BENCHMARK_LABELS[benchmark],
             "method": {"pspo": "GR-PSPO", "clip": "GRPO-clip"}[objective], "reported": reported,
             "reproduced": reproduced, "std": std, "seeds": n_seeds,
-            "difference": None if reproduced is None else reproduced - reported,
-            "note": "" if reproduced is not None else "not run by this config",
+            "difference": None if reproduced is None else reproduced - reported, "trained": trained,
+            "note": "not run by this config" if reproduced is None else "" if trained else NOT_TRAINED,
         })
     return pd.DataFrame(rows)
 
@@ -260,10 +341,26 @@ def _provenance_line(prov: dict) -> str:
             f"transformers {v.get('transformers')}, trl {v.get('trl')}, vllm {v.get('vllm')}, pspo {v.get('pspo')}")
 
 
+def _shown(df: pd.DataFrame) -> pd.DataFrame:
+    """The Markdown/LaTeX view: no numeric helper columns, and a not-trained run's measured numbers read NOT_TRAINED
+    (formatted as text, so that a column of numbers and that text keeps its number format)."""
+    shown = df[[c for c in df.columns if not c.endswith(("_mean", "_std", "_low", "_high"))]]
+    if "trained" not in shown.columns or not shown["trained"].eq(False).any():
+        return shown
+    untrained = shown["trained"].eq(False)
+    shown = shown.copy()
+    for c in shown.columns:
+        col = shown[c]
+        if c in _ROW_DESCRIPTORS or c == "trained" or not pd.api.types.is_numeric_dtype(col):
+            continue
+        shown[c] = [NOT_TRAINED if u else v if pd.isna(v) else f"{v:.4g}" for u, v in zip(untrained, col)]
+    return shown
+
+
 def write_table(df: pd.DataFrame, stem: Path, title: str, prov: dict) -> None:
     """Write ``stem``.csv/.md/.tex atomically; numeric-only helper columns stay in the CSV only."""
     line = _provenance_line(prov)
-    shown = df[[c for c in df.columns if not c.endswith(("_mean", "_std", "_low", "_high"))]]
+    shown = _shown(df)
     csv = f"# {title}; provenance: {json.dumps(prov, sort_keys=True, default=str)}\n" + df.to_csv(index=False)
     md = f"### {title}\n\n" + (shown.to_markdown(index=False, floatfmt=".4g") if not shown.empty else "(no rows)")
     md += f"\n\n<sub>{line}</sub>\n"
@@ -275,7 +372,9 @@ def write_table(df: pd.DataFrame, stem: Path, title: str, prov: dict) -> None:
 
 def build_report(cfg: dict, index_path: str | Path) -> None:
     out = Path(cfg["results_dir"]) / "report"
-    df = collect_metrics(cfg)
+    status = collect_train_status(cfg)
+    df = collect_metrics(cfg, status)
+    df["changed_vs_base"] = changed_vs_base(cfg, df)
     summary = summarise(df[df.temperature == 0])
     prov = run_provenance(cfg, df)
     tables: dict[str, tuple[str, pd.DataFrame]] = {
@@ -294,21 +393,34 @@ def build_report(cfg: dict, index_path: str | Path) -> None:
     tables["provenance"] = ("Provenance of every number in this report", table_provenance(prov))
     if "sampling" in table_names(cfg):
         tables["sampling"] = ("Sampled evaluation: pass@k and majority vote (%), means over seeds", table_sampling(df))
+    logs = collect_train_logs(cfg)
+    if control.CONTROL_TABLE in table_names(cfg):
+        drift = control.table_control(cfg, logs)
+        tables[control.CONTROL_TABLE] = (
+            "GR-PSPO vs its control GRPO-noclip (mu=2), same seed and data: weight distances relative to ||θ₀|| "
+            "(drift ratio = distance between the two over their mean distance from the base) and training reward "
+            "agreement", drift)
+        control.figure_control(cfg, logs, drift, out / "figures" / control.CONTROL_FIGURE)
     for name, (title, table) in tables.items():
         write_table(table, out / "tables" / name, title, prov)
-    figure_training_curves(collect_train_logs(cfg), out / "figures" / "training_curves")
+    figure_training_curves(logs, out / "figures" / "training_curves")
     figure_accuracy(cfg, summary, out / "figures" / "accuracy")
-    write_index(cfg, Path(index_path), tables, prov)
+    warnings = [f"{model}/{run_id}/seed{seed}: {w}"
+                for (model, run_id, seed), run in status.items() for w in run["warnings"]]
+    write_index(cfg, Path(index_path), tables, prov, warnings)
 
 
-def write_index(cfg: dict, path: Path, tables: dict, prov: dict) -> None:
-    lines = [f"# Results: {cfg.get('description') or cfg['results_dir']}", "",
-             f"Provenance: {_provenance_line(prov)}", "", "## Tables", ""]
+def write_index(cfg: dict, path: Path, tables: dict, prov: dict, warnings: list[str] = ()) -> None:
+    """index.md: the training runs' warnings first (a run without learning signal is no result), then the files."""
+    lines = [f"# Results: {cfg.get('description') or cfg['results_dir']}", ""]
+    if warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+    lines += [f"Provenance: {_provenance_line(prov)}", "", "## Tables", ""]
     for name, (title, _) in tables.items():
         lines.append(f"- {title}: [md](report/tables/{name}.md) · [csv](report/tables/{name}.csv) · "
                      f"[tex](report/tables/{name}.tex)")
     lines += ["", "## Figures", ""]
-    for name in FIGURES:
+    for name in figure_names(cfg):
         lines.append(f"- {name}: [png](report/figures/{name}.png) · [pdf](report/figures/{name}.pdf)")
     lines += ["", "Per-sample completions: `eval/<model>/<run>_seed<k>/<benchmark>_T<t>_n<n>.samples.jsonl`; "
               "training logs: `train/<model>/<run>/seed<k>/log.csv`.", ""]
@@ -371,8 +483,10 @@ def figure_surrogate(png: str | Path, pdf: str | Path, epsilon: float = 0.2, alp
     plt.close(fig)
 
 
-# Columns of pspo.train's CSV log; the clip fraction exists only for clip runs (NaN, so not drawn, elsewhere).
-TRAINING_CURVE_METRICS = ("reward", "objective/ratio_std", "completions/mean_length", "objective/clip_fraction")
+# Columns of pspo.train's CSV log. The ratio statistics are the reused (mu >= 2) passes', where the objectives differ;
+# the clip fraction exists only for clip runs (NaN, so not drawn, elsewhere); clipped_ratio = truncated completions.
+TRAINING_CURVE_METRICS = ("reward", "objective/reused/ratio_std", "completions/mean_length",
+                          "completions/clipped_ratio", "objective/reused/clip_fraction")
 
 
 def figure_training_curves(logs: pd.DataFrame, stem: Path) -> None:
@@ -429,8 +543,9 @@ def figure_accuracy(cfg: dict, summary: pd.DataFrame, stem: Path) -> None:
             mean = np.array([sub["mean"].get(b, np.nan) for b in benchmarks])
             low = np.array([sub["pooled_low"].get(b, np.nan) for b in benchmarks])
             high = np.array([sub["pooled_high"].get(b, np.nan) for b in benchmarks])
+            label = sub["label"].iloc[0] + ("" if sub["trained"].all() else " (not trained)")
             ax.bar(x + (k - (len(run_ids) - 1) / 2) * width, mean, width, yerr=[mean - low, high - mean],
-                   capsize=2, label=sub["label"].iloc[0])
+                   capsize=2, label=label)
         ax.set_xticks(x, [BENCHMARK_LABELS[b] for b in benchmarks])
         ax.set_ylabel("accuracy % (T=0)")
         ax.set_title(model)

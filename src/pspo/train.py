@@ -12,6 +12,9 @@ What it guarantees:
 - **Fails loudly, in one line.** A non-finite loss or gradient norm stops the run with a PSPOError before the
   optimizer step (no NaN checkpoint is written; the last good one is kept). ``require_gpu=True`` without CUDA is
   refused at once.
+- **No silent non-result.** A run with no learning signal (every gradient zero, or no group with reward spread)
+  ends with ``"trained": false`` and a one-line warning (log and stderr) in ``summary_json``; pspo.report marks
+  it "not trained" instead of reporting its accuracy.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ CSV_COLUMNS = (
     "step", "epoch", "loss", "reward", "reward_std", "frac_reward_zero_std",
     "objective/ratio_mean", "objective/ratio_std", "objective/ratio_min", "objective/ratio_max",
     "objective/clip_fraction", "objective/smoothed_ratio_mean", "objective/sigmoid_gate_mean",
+    "objective/reused/ratio_std", "objective/reused/clip_fraction",
     "completions/mean_length", "completions/min_length", "completions/max_length", "completions/clipped_ratio",
     "entropy", "kl", "learning_rate", "grad_norm", "num_tokens", "step_time", "eval_reward", "eval_reward_std",
 )
@@ -152,6 +156,84 @@ def write_log_csv(path: str | os.PathLike, log_history: list[dict]) -> list[dict
         w.writerow([_fmt(r.get(c)) for c in columns])
     write_text_atomic(path, buf.getvalue())
     return rows
+
+
+# Below this fraction of optimiser steps with a non-zero gradient the run learned from few batches: a soft warning.
+MIN_NONZERO_GRAD_FRACTION = 0.8
+NO_SIGNAL_FIX = ("let completions finish (max_completion_length), use prompts on which the model sometimes earns "
+                 "reward, or sample more completions per group (num_generations)")
+
+
+def _number(v: Any) -> float | None:
+    """A logged value as a finite float; None for missing, empty (a CSV cell) or non-finite."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def learning_signal(rows: Sequence[dict]) -> dict:
+    """Did the optimiser get a gradient? A GRPO run whose groups all got equal rewards has zero advantages, hence
+    zero gradients, and ends equal to its base model: it must not be reported as a trained result.
+
+    ``rows`` are :func:`log_rows` (or the CSV's rows, as strings). Training steps are rows with a loss or a
+    gradient norm (a missing or non-finite grad_norm counts as zero); generation steps are rows with
+    ``frac_reward_zero_std`` or ``reward_std``, and have reward spread unless every group had none (fraction 1,
+    or std 0). Returns the counts, ``trained`` (False when no step had a gradient, or no generation step had
+    reward spread) and ``warnings`` (one-line strings; empty when the run is fine).
+    """
+    train = [r for r in rows if _number(r.get("loss")) is not None or _number(r.get("grad_norm")) is not None]
+    nonzero = sum(1 for r in train if (_number(r.get("grad_norm")) or 0.0) != 0.0)
+    generation = [r for r in rows
+                  if _number(r.get("frac_reward_zero_std")) is not None or _number(r.get("reward_std")) is not None]
+    spread = sum(1 for r in generation
+                 if _number(r.get("frac_reward_zero_std")) != 1.0 and _number(r.get("reward_std")) != 0.0)
+    n, g = len(train), len(generation)
+    steps = (f"{nonzero} of {n} optimiser steps had a non-zero gradient and {spread} of {g} generation steps "
+             "had reward spread")
+    if g and not spread:
+        warnings = [f"no learning signal: every generation step had zero reward spread (all completions of each "
+                    f"group got the same reward), so every advantage was 0 and the model did not learn ({steps}); "
+                    f"{NO_SIGNAL_FIX}"]
+    elif n and not nonzero:
+        warnings = [f"no learning signal: every optimiser step had gradient norm 0, so the model equals its base "
+                    f"({steps}); check that not every completion is masked (mask_truncated_completions with "
+                    "completions cut at max_completion_length) and that the reward varies within groups"]
+    elif n and nonzero / n < MIN_NONZERO_GRAD_FRACTION:
+        warnings = [f"weak learning signal: only {steps}; {NO_SIGNAL_FIX}"]
+    elif not n:
+        warnings = ["no training step was logged (logging_steps > max_steps?), so the learning signal is unchecked"]
+    else:
+        warnings = []
+    return {"steps": n, "nonzero_grad_steps": nonzero, "generation_steps": g, "steps_with_reward_spread": spread,
+            "nonzero_grad_fraction": nonzero / n if n else None,
+            "trained": not ((g and not spread) or (n and not nonzero)), "warnings": warnings}
+
+
+def weight_change(model, base_dir: str | os.PathLike) -> dict:
+    """How far training moved the weights: ||theta - theta_0|| / ||theta_0|| over every parameter of the base
+    checkpoint (float64 sums), and the largest absolute change. 0 means the "trained" model is its base."""
+    import torch
+
+    from pspo.control import load_weights
+
+    base = load_weights(base_dir)
+    params = dict(model.named_parameters())
+    diff_sq = base_sq = 0.0
+    max_abs = 0.0
+    compared = 0
+    for name, theta0 in base.items():
+        theta = params.get(name)
+        if theta is None or theta.shape != theta0.shape:
+            continue
+        d = theta.detach().to(torch.float64).cpu() - theta0.to(torch.float64)
+        diff_sq += float(d.square().sum())
+        base_sq += float(theta0.to(torch.float64).square().sum())
+        max_abs = max(max_abs, float(d.abs().max()))
+        compared += 1
+    return {"relative_l2": math.sqrt(diff_sq / base_sq) if base_sq else None, "max_abs": max_abs,
+            "tensors_compared": compared}
 
 
 def _make_csv_callback(log_csv: str | os.PathLike):
@@ -309,7 +391,14 @@ def run_training(
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     rows = write_log_csv(log_csv, trainer.state.log_history)
+    signal = learning_signal(rows)
+    warnings = signal.pop("warnings")
+    for w in warnings:
+        log.warning("%s", w)
+    if not signal["trained"]:
+        print(f"pspo train: warning: {warnings[0]}", file=sys.stderr)
 
+    moved = weight_change(trainer.model, model_dir)
     with atomic_path(output_dir, is_dir=True) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -334,6 +423,10 @@ def run_training(
         "checkpoint_disk_bytes": _dir_size(checkpoint_dir),
         "device": str(args.device),
         "final_log_row": final,
+        "trained": signal["trained"],  # False: no learning signal, the model equals its base (pspo.report marks it)
+        "learning_signal": signal,
+        "weight_change_from_base": moved,
+        "warnings": warnings,
         "provenance": provenance(
             config=run_config, data_files=data_files, model_dir=str(model_dir), **(provenance_extra or {})
         ),
@@ -401,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         system_prompt=a.system_prompt, keep_checkpoints=a.keep_checkpoints, require_gpu=a.require_gpu,
         overwrite=a.overwrite,
     )
-    print(json.dumps({k: summary[k] for k in ("objective", "alpha", "seed", "steps", "resumed_from", "wall_time_s")}))
+    print(json.dumps({k: summary[k] for k in ("objective", "alpha", "seed", "steps", "trained", "resumed_from",
+                                                   "wall_time_s")}))
     return 0
 
 

@@ -99,6 +99,23 @@ class PSPOConfig(GRPOConfig):
     def __post_init__(self):
         self._validate_objective()
         super().__post_init__()
+        self._validate_reuse()
+
+    def _validate_reuse(self) -> None:
+        """mu >= 2 only makes a pass off-policy if TRL computes old log-probs, which it skips when every generation
+        batch is used up inside one optimiser step: then r = 1 on every pass and all objectives collapse silently."""
+        generate_every = self.steps_per_generation * self.num_iterations
+        if self.num_iterations >= 2 and self.gradient_accumulation_steps % generate_every == 0 and not self.use_vllm:
+            raise PSPOConfigError(
+                f"num_iterations={self.num_iterations} reuses nothing off-policy: gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps} is a multiple of steps_per_generation x num_iterations = "
+                f"{generate_every}, so every pass sees r = 1; make steps_per_generation equal to "
+                "gradient_accumulation_steps (the default) or use num_iterations=1")
+        if self.num_iterations == 1 and self.objective != "noclip":
+            warnings.warn(
+                f"objective={self.objective!r} with num_iterations=1: the ratio is 1 in value on every pass, so the "
+                "objective changes nothing but the gradient's scale (pspo: 1 - alpha); use num_iterations >= 2 to "
+                "compare objectives", stacklevel=3)
 
     def _validate_objective(self) -> None:
         def fail(msg: str):
@@ -181,9 +198,12 @@ class PSPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _log_objective_metrics(self, mode: str, log_ratio: torch.Tensor, advantages: torch.Tensor,
                                mask: torch.Tensor) -> None:
-        mask = mask.to(log_ratio.dtype)
+        # Sums in float64 and of r - 1 (expm1, exact near r = 1): at small learning rates the ratio's spread is ~1e-4,
+        # which E[r^2] - E[r]^2 in float32 cancels to 0.
         ratio = torch.exp(log_ratio.detach())
-        sums = [ratio * mask, ratio.square() * mask]
+        mask = mask.to(torch.float64)
+        dev = torch.expm1(log_ratio.detach().to(torch.float64))
+        sums = [dev * mask, dev.square() * mask]
         if self.objective == "clip":
             clipped = ((ratio < 1 - self.epsilon_low) & (advantages < 0)) | (
                 (ratio > 1 + self.epsilon_high) & (advantages > 0))
@@ -194,25 +214,37 @@ class PSPOTrainer(GRPOTrainer):
             tau = torch.where(advantages > 0, self.args.sapo_temperature_pos, self.args.sapo_temperature_neg)
             s = torch.sigmoid(tau * (ratio - 1))
             sums.append(4 * s * (1 - s) * mask)
-        local = torch.stack([x.sum() for x in sums] + [mask.sum()])
+        local = torch.stack([x.to(torch.float64).sum() for x in sums] + [mask.sum()])
         totals = self.accelerator.reduce(local, reduction="sum")
         n = totals[-1].clamp(min=1.0)
-        mean = totals[0] / n
-        var = (totals[1] / n - mean.square()).clamp(min=0.0)
+        mean_dev = totals[0] / n
+        var = (totals[1] / n - mean_dev.square()).clamp(min=0.0)
+        mean = 1.0 + mean_dev
         big = torch.finfo(ratio.dtype).max
         # [min r, -max r] per process, then the elementwise min over processes
         extremes = torch.stack([torch.where(mask > 0, ratio, big).min(), -torch.where(mask > 0, ratio, -big).max()])
         extremes = self.accelerator.gather(extremes.unsqueeze(0)).min(dim=0).values
+        # With mu >= 2 the first pass over a generation batch has r = 1 by construction; the objectives differ only
+        # on the later (reused) passes, so their statistics are also logged on their own, undiluted.
+        reused = self._pass_index(mode) >= 1
         m = self._metrics[mode]
-        values = torch.stack([mean, var.sqrt(), extremes[0], -extremes[1]] + [t / n for t in totals[2:-1]]).tolist()
-        m["objective/ratio_mean"].append(values[0])
-        m["objective/ratio_std"].append(values[1])
-        m["objective/ratio_min"].append(values[2])
-        m["objective/ratio_max"].append(values[3])
+        values = torch.stack([mean, var.sqrt(), extremes[0].to(torch.float64), -extremes[1].to(torch.float64)]
+                             + [t / n for t in totals[2:-1]]).tolist()
+        names = ["objective/ratio_mean", "objective/ratio_std", "objective/ratio_min", "objective/ratio_max"]
         extra = {"clip": "objective/clip_fraction", "pspo": "objective/smoothed_ratio_mean",
                  "sigmoid": "objective/sigmoid_gate_mean"}.get(self.objective)
-        if extra is not None:
-            m[extra].append(values[4])
+        names += [extra] if extra is not None else []
+        for name, value in zip(names, values):
+            m[name].append(value)
+            if reused:
+                m[name.replace("objective/", "objective/reused/")].append(value)
+
+    def _pass_index(self, mode: str) -> int:
+        """0 on the first (on-policy) pass over a generation batch, k on its k-th reuse (from TRL's micro-step
+        counter, which GRPOTrainer.training_step advances after the loss is computed)."""
+        if mode != "train" or self.num_iterations < 2 or not hasattr(self, "_step"):
+            return 0
+        return (self._step // self.args.steps_per_generation) % self.num_iterations
 
     # ------------------------------------------------------------------------------------------- loss
     def _compute_loss(self, model, inputs):

@@ -14,7 +14,8 @@ os.environ.update(
 )
 
 from pspo import config as pspo_config
-from pspo.config import FIGURES, table_names
+from pspo.config import figure_names, table_names
+from pspo.control import control_pairs, distance_path
 from pspo.errors import PSPOError
 
 try:
@@ -24,13 +25,19 @@ try:
 except PSPOError as error:
     sys.exit(f"error: {error}")
 
+from pspo.data import BENCHMARKS, GENERATED, TRAIN_SETS, data_file, resolve_source
+
+# data.source auto becomes local or hub here, once, so every job and record names the source it used.
+CFG["data"]["source"], CFG["data"]["dir"] = resolve_source(
+    CFG["data"]["source"], CFG["data"]["dir"]
+)
+TRAIN_POOL = TRAIN_SETS[CFG["data"]["train_set"]]
 if CFG["data"]["source"] == "local":
     # A data directory missing a file is one line before any job runs, not a failed job later.
-    from pspo.data import data_file
-
     try:
-        for name in ["gsm8k_train", *CFG["evaluation"]["benchmarks"]]:
-            data_file(name, CFG["data"]["dir"])
+        for name in [TRAIN_POOL, *CFG["evaluation"]["benchmarks"]]:
+            if name not in GENERATED:
+                data_file(name, CFG["data"]["dir"])
     except PSPOError as error:
         sys.exit(f"error: {error}")
 
@@ -43,13 +50,14 @@ MODELS = list(CFG["models"])
 TRAIN_JOBS = pspo_config.train_jobs(CFG)
 EVAL_JOBS = pspo_config.eval_jobs(CFG)
 BASE = pspo_config.BASE
+CONTROL_PAIRS = control_pairs(CFG)
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     run_id=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     seed=r"\d+",
-    benchmark="gsm8k|svamp|asdiv|math500",
+    benchmark="|".join(BENCHMARKS),
     temperature=r"[0-9.]+",
     n=r"\d+",
 
@@ -83,9 +91,15 @@ def eval_samples_path(job):
 
 def data_inputs(name):
     """Local JSONL sources are inputs, so editing a data file reruns what depends on it."""
-    if CFG["data"]["source"] != "local":
+    if CFG["data"]["source"] != "local" or name in GENERATED:
         return []
     return [str(data_file(name, CFG["data"]["dir"]))]
+
+
+def trained_model(path):
+    """The trained model directory: a temporary output when training.keep_models is false (CPU grids)."""
+    out = directory(path)
+    return out if CFG["training"]["keep_models"] else temp(out)
 
 
 def eval_model_dir(wildcards):
@@ -95,6 +109,24 @@ def eval_model_dir(wildcards):
     return f"{R}/train/{wildcards.model}/{match['run_id']}/seed{match['seed']}/model"
 
 
+def _control_of(wildcards):
+    for job, control in CONTROL_PAIRS:
+        if job.model == wildcards.model and job.tag == wildcards.tag:
+            return control
+    raise ValueError(
+        f"{wildcards.model}/{wildcards.tag} has no GRPO-noclip (mu=2) control in this config"
+    )
+
+
+def control_tag(wildcards):
+    return _control_of(wildcards).tag
+
+
+def control_model_dir(wildcards):
+    control = _control_of(wildcards)
+    return f"{train_dir(control)}/model"
+
+
 def report_outputs():
     tables = table_names(CFG)
     return (
@@ -102,7 +134,9 @@ def report_outputs():
             f"{R}/report/tables/{{name}}.{{ext}}", name=tables, ext=["csv", "md", "tex"]
         )
         + expand(
-            f"{R}/report/figures/{{name}}.{{ext}}", name=FIGURES, ext=["png", "pdf"]
+            f"{R}/report/figures/{{name}}.{{ext}}",
+            name=figure_names(CFG),
+            ext=["png", "pdf"],
         )
         + [f"{R}/index.md"]
     )

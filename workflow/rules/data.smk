@@ -1,4 +1,4 @@
-# Data: the seed-shuffled GSM8K train/validation split and the (sub)sets evaluated. Local rules: with
+# Data: the seed-shuffled train/validation split (GSM8K train, or the CPU stand-in task) and the (sub)sets evaluated. Local rules: with
 # data.source = hub they need the internet, which HPC compute nodes often lack.
 
 
@@ -9,12 +9,12 @@ localrules:
 
 rule split_train:
     input:
-        data_inputs("gsm8k_train"),
+        data_inputs(TRAIN_POOL),
     output:
-        train=f"{R}/data/gsm8k_train_seed{{seed}}.jsonl",
-        val=f"{R}/data/gsm8k_val_seed{{seed}}.jsonl",
-        train_record=f"{R}/data/gsm8k_train_seed{{seed}}.meta.json",
-        val_record=f"{R}/data/gsm8k_val_seed{{seed}}.meta.json",
+        train=f"{R}/data/train_seed{{seed}}.jsonl",
+        val=f"{R}/data/val_seed{{seed}}.jsonl",
+        train_record=f"{R}/data/train_seed{{seed}}.meta.json",
+        val_record=f"{R}/data/val_seed{{seed}}.meta.json",
     log:
         f"{R}/logs/data/split_seed{{seed}}.log",
     conda:

@@ -22,9 +22,27 @@ rule figure_surrogate:
         "../scripts/figure_surrogate.py"
 
 
+rule weight_distance:
+    input:
+        pspo=lambda w: eval_model_dir(w),
+        control=lambda w: control_model_dir(w),
+        base=f"{R}/models/{{model}}",
+    output:
+        f"{R}/control/{{model}}/{{tag}}.json",
+    log:
+        f"{R}/logs/control/{{model}}/{{tag}}.log",
+    conda:
+        CPU_ENV
+    params:
+        pair=lambda w: [w.tag, control_tag(w)],
+    script:
+        "../scripts/weight_distance.py"
+
+
 rule report:
     input:
         metrics=[eval_metrics_path(job) for job in EVAL_JOBS],
+        distances=[distance_path(R, job) for job, _ in CONTROL_PAIRS],
         train_logs=[f"{train_dir(job)}/log.csv" for job in TRAIN_JOBS],
         train_summaries=[f"{train_dir(job)}/summary.json" for job in TRAIN_JOBS],
         figure1=f"{R}/report/figures/figure1_surrogate.png",
@@ -40,7 +58,7 @@ rule report:
         figures=report(
             expand(
                 f"{R}/report/figures/{{name}}.{{ext}}",
-                name=[f for f in FIGURES if f != "figure1_surrogate"],
+                name=[f for f in figure_names(CFG) if f != "figure1_surrogate"],
                 ext=["png", "pdf"],
             ),
             category="Figures",

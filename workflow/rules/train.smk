@@ -5,14 +5,15 @@
 rule train:
     input:
         model=f"{R}/models/{{model}}",
-        train=f"{R}/data/gsm8k_train_seed{{seed}}.jsonl",
-        val=f"{R}/data/gsm8k_val_seed{{seed}}.jsonl",
+        train=f"{R}/data/train_seed{{seed}}.jsonl",
+        val=f"{R}/data/val_seed{{seed}}.jsonl",
     output:
-        model=directory(f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/model"),
+        model=trained_model(f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/model"),
         log_csv=f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/log.csv",
         summary=f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/summary.json",
     log:
         f"{R}/logs/train/{{model}}/{{run_id}}/seed{{seed}}.log",
+    priority: 10  # the long pole: start training before evaluating the base model
     conda:
         STACK_ENV
     threads: model_resources("train_resources")("threads")

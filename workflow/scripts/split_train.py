@@ -1,4 +1,4 @@
-"""Thin adapter: the seed-shuffled GSM8K train/validation split (pspo.data)."""
+"""Thin adapter: the seed-shuffled train/validation split (GSM8K, or the CPU stand-in) (pspo.data)."""
 from pspo.data import write_train_split
 from pspo.workflow import run_job
 

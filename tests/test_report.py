@@ -1,0 +1,126 @@
+"""The report from synthetic metrics and training summaries: a run without learning signal is no result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pspo import config as C
+from pspo.report import NOT_TRAINED, build_report
+
+NO_SIGNAL = "no learning signal: every generation step had zero reward spread"
+
+
+def _write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _metrics(accuracy: float) -> dict:
+    n = 20
+    return {"accuracy": accuracy, "n": n, "correct": round(accuracy * n), "accuracy_ci95": [0.0, 1.0],
+            "mean_completion_tokens": 50.0, "format_rate": 0.9, "truncation_rate": 0.1, "repetition_rate": 0.0,
+            "majority_accuracy": accuracy, "pass_at_k": {"1": accuracy, "2": accuracy},
+            "provenance": {"data_sha256": {"gsm8k_test.jsonl": "0" * 64}, "versions": {"trl": "1.16.0"}}}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, dict]:
+    """Two seeds of a clip run that learned (one summary older than the learning-signal check) and of a pspo run
+    that had no learning signal; the model is one the paper reports, so every table has rows."""
+    results = tmp_path_factory.mktemp("results")
+    cfg = C.load_config({
+        "results_dir": str(results), "seeds": [0, 1],
+        "models": {"qwen": {"source": "hub", "path": "Qwen/Qwen2.5-0.5B"}},
+        "runs": {"clip": {"objective": "clip"}, "pspo": {"objective": "pspo"}},
+        "evaluation": {"benchmarks": ["gsm8k", "math500"],
+                       "sampled": {"runs": ["pspo"], "temperatures": [0.6], "n_samples": 2}},
+    })
+    accuracy = {"base": 0.25, "clip": 0.55, "pspo-a0.1": 0.25}
+    for job in C.eval_jobs(cfg):
+        run_id = "base" if job.tag == C.BASE else C.TAG_RE.match(job.tag)["run_id"]
+        _write(results / "eval" / job.model / job.tag / f"{job.stem}.metrics.json", _metrics(accuracy[run_id]))
+        # greedy answers: clip changed 2 of 4 from the base model's, pspo (not trained) none
+        answers = [f"#### {i}" if run_id != "clip" or i < 2 else "#### 7" for i in range(4)]
+        (results / "eval" / job.model / job.tag / f"{job.stem}.samples.jsonl").write_text(
+            "".join(json.dumps({"id": f"q{i}", "completion": a}) + "\n" for i, a in enumerate(answers)))
+    for job in C.train_jobs(cfg):
+        run_dir = results / "train" / job.model / job.run_id / f"seed{job.seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "log.csv").write_text("step,reward,grad_norm\n1,0.5,0.1\n2,0.6,0.2\n")
+        if job.run == "pspo":
+            summary = {"trained": False, "learning_signal": {"steps": 2, "nonzero_grad_steps": 0},
+                       "warnings": [f"{NO_SIGNAL} (seed {job.seed})"]}
+        else:
+            summary = {} if job.seed == 0 else {"trained": True, "warnings": []}
+        _write(run_dir / "summary.json", summary)
+    build_report(cfg, results / "index.md")
+    return results, cfg
+
+
+def _table(results: Path, name: str) -> tuple[pd.DataFrame, str, str]:
+    stem = results / "report" / "tables" / name
+    return (pd.read_csv(f"{stem}.csv", comment="#"), Path(f"{stem}.md").read_text(), Path(f"{stem}.tex").read_text())
+
+
+def test_untrained_run_reads_not_trained_in_the_main_table(report):
+    results, _ = report
+    csv, md, tex = _table(results, "main_qwen")
+    rows = csv.set_index("run_id")
+    assert rows.loc["pspo-a0.1", "GSM8K"] == NOT_TRAINED and not rows.loc["pspo-a0.1", "trained"]
+    assert rows.loc["pspo-a0.1", "gsm8k_mean"] == pytest.approx(25.0)  # the CSV keeps the raw numbers
+    assert rows.loc["clip", "trained"] and rows.loc["base", "trained"]  # an old summary without the key: trained
+    assert rows.loc["clip", "GSM8K"].startswith("55.0 ± 0.0 [")
+    pspo_line = next(line for line in md.splitlines() if "pspo-a0.1" in line)
+    clip_line = next(line for line in md.splitlines() if "| clip " in line)
+    assert pspo_line.count(NOT_TRAINED) == 2 and "25.0" not in pspo_line
+    assert "55.0 ± 0.0" in clip_line and NOT_TRAINED not in clip_line
+    assert NOT_TRAINED in tex
+
+
+def test_untrained_run_is_marked_in_every_per_run_table(report):
+    results, _ = report
+    for name in ("alpha_ablation", "response_quality", "sampling", "reported_vs_reproduced"):
+        csv, md, _ = _table(results, name)
+        assert "trained" in csv.columns, name
+        assert NOT_TRAINED in md, name
+    csv, md, _ = _table(results, "reported_vs_reproduced")
+    pspo = csv[(csv.benchmark == "GSM8K") & (csv.method == "GR-PSPO")].iloc[0]
+    assert pspo["reproduced"] == pytest.approx(25.0) and pspo["note"] == NOT_TRAINED
+    clip_line = next(line for line in md.splitlines() if "GRPO-clip" in line)
+    assert "55" in clip_line and NOT_TRAINED not in clip_line
+    _, md, _ = _table(results, "response_quality")
+    base_line = next(line for line in md.splitlines() if "| base " in line)
+    assert "90" in base_line and NOT_TRAINED not in base_line  # format % of a trained row stays a number
+
+
+def test_index_lists_every_warning_first(report):
+    results, _ = report
+    index = (results / "index.md").read_text()
+    assert "## Warnings" in index and index.index("## Warnings") < index.index("## Tables")
+    bullets = [line for line in index.splitlines() if line.startswith("- qwen/")]
+    assert bullets == [f"- qwen/pspo-a0.1/seed{s}: {NO_SIGNAL} (seed {s})" for s in (0, 1)]
+    assert NOT_TRAINED in index  # the main table in the index
+
+
+def test_index_has_no_warnings_section_when_every_run_learned(report, tmp_path):
+    results, cfg = report
+    shutil.copytree(results / "eval", tmp_path / "eval")
+    shutil.copytree(results / "train", tmp_path / "train")
+    for seed in (0, 1):
+        _write(tmp_path / "train" / "qwen" / "pspo-a0.1" / f"seed{seed}" / "summary.json", {"trained": True})
+    build_report({**cfg, "results_dir": str(tmp_path)}, tmp_path / "index.md")
+    index = (tmp_path / "index.md").read_text()
+    assert "## Warnings" not in index and NOT_TRAINED not in index
+
+
+def test_response_quality_says_how_many_greedy_answers_training_changed(report):
+    results, _ = report
+    table = pd.read_csv(results / "report" / "tables" / "response_quality.csv", comment="#").set_index("run_id")
+    changed = table["% of greedy answers changed vs base"]
+    assert (changed.loc["clip"] == 50).all() and (changed.loc["pspo-a0.1"] == 0).all()
+    assert changed.loc["base"].isna().all()
