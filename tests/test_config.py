@@ -86,8 +86,9 @@ def test_alpha_independent_runs_are_trained_once():
 def test_paper_grid_job_counts():
     cfg = C.load_config(REPO / "config" / "config.yaml")
     train = C.train_jobs(cfg)
-    # 0.5B and 1.5B: clip, noclip, noclip-mu2, sigmoid + 4 alphas = 8 runs; Qwen2-Math: clip, sigmoid + 4 alphas.
-    assert len(train) == (8 + 8 + 6) * 5
+    # 0.5B and 1.5B: clip, clip-released, noclip, noclip-mu2, sigmoid + 4 alphas = 9 runs; Qwen2-Math: clip,
+    # sigmoid + 4 alphas.
+    assert len(train) == (9 + 9 + 6) * 5
     evals = C.eval_jobs(cfg)
     t0 = [e for e in evals if e.temperature == 0]
     assert len(t0) == (len(train) + 3) * 4  # every checkpoint + each base model, on four benchmarks

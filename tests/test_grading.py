@@ -66,6 +66,18 @@ def test_math500_answers_as_hash_lines(data_dir):
     assert wrong == []
 
 
+@pytest.mark.parametrize(
+    "name,fmt",
+    [("math500", "Done.\n#### **{}**!"), ("math500", "Done.\nThe answer is {}."), ("asdiv", "#### *{}*."),
+     ("svamp", "The answer is __{}__;"), ("gsm8k", "#### {},")],
+)
+def test_golds_ending_a_sentence_grade_correct(data_dir, name, fmt):
+    """Every gold, followed by sentence punctuation and wrapped in emphasis, still grades correct."""
+    rows = data.load_benchmark(name, data_dir=data_dir)
+    wrong = [r["id"] for r in rows if not grade(name, fmt.format(r["answer"]), r["answer"]).correct]
+    assert wrong == []
+
+
 # --------------------------------------------------------------------------------------------------- adversarial table
 # (benchmark, completion, gold, correct, extracted, formatted)
 NUMERIC_CASES = [
@@ -137,6 +149,18 @@ NUMERIC_CASES = [
     ("asdiv", "#### 3:30 p.m.", "3:30 p.m.", True, "3:30 p.m.", True),
     ("asdiv", "#### Yes", "Yes", True, "Yes", False),
     ("asdiv", "#### No.", "Yes", False, "No.", False),
+    # answers that end a sentence: trailing punctuation and markdown emphasis are not part of the answer
+    ("gsm8k", "#### 3.5.", "3.5", True, "3.5", True),  # a decimal, then a full stop
+    ("gsm8k", "#### 1,080!", "1080", True, "1080", True),
+    ("gsm8k", "#### __-7__.", "-7", True, "-7", True),  # '_' before '-' does not make it a binary minus
+    ("gsm8k", "The answer is _-7_!", "-7", True, "-7", False),
+    ("gsm8k", "#### *42*;", "42", True, "42", True),  # '*' emphasis still counts as formatted
+    ("gsm8k", "#### _42_", "43", False, "42", True),
+    ("asdiv", "#### Yes!", "Yes", True, "Yes!", False),
+    ("asdiv", "#### **Yes**.", "Yes", True, "**Yes**.", False),
+    ("asdiv", "#### _No_", "Yes", False, "_No_", False),
+    ("asdiv", "#### 5:6.", "5:6", True, "5:6.", True),
+    ("asdiv", "#### 3:30 p.m", "3:30 p.m.", True, "3:30 p.m", True),
 ]
 
 
@@ -174,6 +198,30 @@ MATH_CASES = [
     ("#### \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
     ("#### 90", "90^\\circ", True),
     ("So the answer is 5.", "5", True),
+    # trailing sentence punctuation / emphasis is stripped, brackets that belong to the answer are not
+    ("#### (1, 2].", "(1,2]", True),
+    ("#### [1, 2),", "[1,2)", True),
+    ("#### [1, 2).", "(1,2]", False),
+    ("#### (3, 4).", "(3,4)", True),
+    ("#### **(3, 4)**!", "(3,4)", True),
+    ("The answer is (3, 4).", "(3,4)", True),
+    ("#### (3, 4).", "(3,5)", False),
+    ("#### $\\frac{3}{4}$.", "\\frac34", True),
+    ("#### $\\frac{3}{4}.$", "\\frac34", True),
+    ("#### $18.90.", "\\$18.90", True),
+    ("#### 1,080.", "1080", True),
+    ("#### 3.5.", "3.5", True),
+    ("#### 3.5.", "35", False),
+    ("#### 52_8.", "52_8", True),  # a base subscript is not '_' emphasis
+    ("#### \\sqrt{2}\\,.", "\\sqrt2", True),  # a LaTeX thin space before the full stop
+    ("The answer is $\\sqrt{2}$.", "\\sqrt{2}", True),
+    ("**Answer:** 7.", "7", True),
+    ("**Answer: 7**", "8", False),
+    ("We get 7. The answer is 8. Thanks!", "8", True),
+    # prose after "answer is" is left to Math-Verify's reading of the whole completion, as before
+    ("The answer is 5, which is odd.", "5", True),
+    ("To answer this: we compute.\nSo x = 5.", "5", True),
+    ("So the answer is 12 apples.", "12", True),
     ("no idea", "5", False),
     ("", "5", False),
 ]
@@ -183,6 +231,61 @@ MATH_CASES = [
 def test_adversarial_math(completion, gold, correct):
     assert grade_math(completion, gold).correct is correct
     assert grade("math500", completion, gold).correct is correct
+
+
+# --------------------------------------------------------------------------------------------------- sentence endings
+# A final answer followed by sentence punctuation, with or without markdown emphasis, on a '####' line or in a plain
+# closing sentence, grades like the bare answer; its wrong-value twin still grades wrong.
+PUNCTUATION = (".", "!", "?", ";", ":", ",")
+EMPHASIS = ("{a}{p}", "**{a}**{p}", "*{a}*{p}", "__{a}__{p}", "_{a}_{p}", "**{a}{p}**")
+SENTENCES = ("We add 10 and 5 to get 15.\n#### {}", "We add 10 and 5 to get 15.\nThe answer is {}")
+# (answer, wrong-value twin, gold)
+NUMERIC_FORMS = [
+    ("42", "43", "42"),
+    ("-7", "-8", "-7"),
+    ("3.5", "3.6", "3.5"),
+    ("3/4", "2/3", "0.75"),
+    ("\\frac{3}{4}", "\\frac{2}{3}", "0.75"),
+]
+MATH_FORMS = [
+    ("42", "43", "42"),
+    ("-7", "-8", "-7"),
+    ("3.5", "3.6", "3.5"),
+    ("3/4", "2/3", "\\frac{3}{4}"),
+    ("\\frac{3}{4}", "\\frac{2}{3}", "\\frac{3}{4}"),
+    ("\\sqrt{2}", "\\sqrt{3}", "\\sqrt{2}"),
+    ("x = 5", "x = 6", "5"),
+]
+
+
+def _sentence_case(form, which, punct, wrap, sentence):
+    answer, twin, gold = form
+    text = sentence.format(wrap.format(a=answer if which == "right" else twin, p=punct))
+    return text, gold, which == "right"
+
+
+@pytest.mark.parametrize("sentence", SENTENCES, ids=["hash", "plain"])
+@pytest.mark.parametrize("wrap", EMPHASIS)
+@pytest.mark.parametrize("punct", PUNCTUATION)
+@pytest.mark.parametrize("which", ["right", "twin"])
+@pytest.mark.parametrize("form", NUMERIC_FORMS, ids=[f[0] for f in NUMERIC_FORMS])
+def test_numeric_answer_ending_a_sentence(form, which, punct, wrap, sentence):
+    text, gold, correct = _sentence_case(form, which, punct, wrap, sentence)
+    g = grade("gsm8k", text, gold)
+    assert g.correct is correct, (text, g)
+    assert g.formatted is ("####" in text), (text, g)
+    assert g.extracted == extract_answer(text)
+
+
+@pytest.mark.parametrize("sentence", SENTENCES, ids=["hash", "plain"])
+@pytest.mark.parametrize("wrap", EMPHASIS)
+@pytest.mark.parametrize("punct", PUNCTUATION)
+@pytest.mark.parametrize("which", ["right", "twin"])
+@pytest.mark.parametrize("form", MATH_FORMS, ids=[f[0] for f in MATH_FORMS])
+def test_math_answer_ending_a_sentence(form, which, punct, wrap, sentence):
+    text, gold, correct = _sentence_case(form, which, punct, wrap, sentence)
+    g = grade("math500", text, gold)
+    assert g.correct is correct, (text, g)
 
 
 def test_math_extracted_and_formatted():

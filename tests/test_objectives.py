@@ -120,3 +120,16 @@ def test_float32_and_broadcast_advantages_1d_per_token():
     adv = torch.randn(3, 5, dtype=torch.float32)  # per-token advantages also broadcast
     assert O.pspo_loss(lr, adv, 0.1).dtype == torch.float32
     assert O.clip_loss(lr, adv, 0.2, 0.2).shape == (3, 5)
+
+
+def test_clip_with_epsilon_zero_has_no_gradient_where_the_ratio_moved_with_the_advantage():
+    # The authors' released script ran clip with epsilon = 0: then min(r A, clip(r, 1, 1) A) = min(r A, A) is flat
+    # wherever r moved in the advantage's direction (r > 1 for A > 0, r < 1 for A < 0), and keeps slope A elsewhere.
+    r = torch.tensor([0.5, 0.9, 1.1, 2.0, 0.5, 0.9, 1.1, 2.0], dtype=torch.float64)
+    adv = torch.tensor([1.0] * 4 + [-1.0] * 4, dtype=torch.float64)
+    lr = r.log().requires_grad_(True)
+    (grad,) = torch.autograd.grad(O.clip_loss(lr, adv, 0.0, 0.0).sum(), lr)
+    d_loss_d_r = grad / r  # d/dr = d/dlog r / r
+    moved_with_advantage = ((r > 1) & (adv > 0)) | ((r < 1) & (adv < 0))
+    assert (d_loss_d_r[moved_with_advantage] == 0).all()
+    torch.testing.assert_close(d_loss_d_r[~moved_with_advantage], -adv[~moved_with_advantage])

@@ -13,6 +13,11 @@ A "number" is ``-12``, ``1,080`` (thousands commas), ``3.5``, ``.5``, ``3/4``, `
 is a sign only when it does not follow a letter, digit or closing bracket (``16-3`` gives 3, not -3). The
 extracted string is canonical: no commas, no ``$``, LaTeX fractions as ``a/b``.
 
+Rule for answers that end a sentence (every benchmark): trailing sentence punctuation (``. ! ? ; : ,``), whitespace
+and a pair of markdown emphasis markers around the answer (``**x**``, ``*x*``, ``__x__``, ``_x_``) are not part of
+it, so ``#### **3.5**.`` is 3.5 and counts as formatted, while ``3.5``, ``1,080``, ``5:6``, ``52_8`` and the brackets
+of ``(1, 2]`` keep their characters (a trailing ``!`` is read as punctuation, not a factorial).
+
 Numeric grading compares exact rationals: correct iff ``|pred - gold| <= max(abs_tol, rel_tol * |gold|)``
 (both 1e-6 by default, the paper's tolerance). Choices made for ASDiv (``grade("asdiv", ...)``):
 
@@ -27,9 +32,10 @@ Numeric grading compares exact rationals: correct iff ``|pred - gold| <= max(abs
   match against the ``####`` line / ``\\boxed{}`` content (best effort; the prompt asks for a number).
 
 MATH-500 (``grade_math``) uses Math-Verify: the gold is wrapped as ``$gold$`` (so ``11\\sqrt2`` parses as
-11*sqrt(2), not 11), the prediction is the ``####`` line's content wrapped the same way if there is one, else
-the whole completion (boxed answers first). Math-Verify's timeouts use ``signal.alarm``, which works only in
-the main thread of a process: they are on in any process's main thread (including ``ProcessPoolExecutor``
+11*sqrt(2), not 11), the prediction is the ``####`` line's content wrapped the same way if there is one; with no
+``####`` line and no ``\\boxed{}``, the ``X`` of the last "The answer is X." / "Answer: X" if ``X`` has no prose
+words; else the whole completion (boxed answers first). Math-Verify's timeouts use ``signal.alarm``, which works only
+in the main thread of a process: they are on in any process's main thread (including ``ProcessPoolExecutor``
 workers, see ``grade_many``) and off, with a one-time warning, in other threads.
 """
 
@@ -57,7 +63,8 @@ MATH_TIMEOUT_SECONDS = 5
 
 # ---------------------------------------------------------------------------------------------- number tokens
 _UNUM = r"(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?|\.\d+"  # unsigned: 1,080 / 12 / 3.5 / .5
-_SIGN = r"(?<![\w)\]}.])[-\u2212]"  # a minus that is not a binary minus
+# a minus that is not a binary minus: not after a letter/digit/closing bracket/'.' ('_' is allowed: '_-7_' emphasis)
+_SIGN = r"(?<![^\W_])(?<![)\]}.])[-\u2212]"
 _DOLLAR = r"(?:\\?\$)?"
 _NUMBER_RE = re.compile(
     rf"(?P<sign>{_SIGN}\s*)?{_DOLLAR}\s*(?:"
@@ -67,10 +74,31 @@ _NUMBER_RE = re.compile(
     r")"
 )
 _HASH_LINE_RE = re.compile(r"(?<!#)####(?!#)[ \t]*([^\n]*)")  # exactly four: not a ##### header
-_FORMATTED_RE = re.compile(
-    r"(?<!#)####(?!#)[ \t]*(?:\*\*)?[ \t]*(?:\\?\$)?[ \t]*[-\u2212]?[ \t]*(?:\\?\$)?[ \t]*(?:\d|\.\d|\\[dt]?frac)"
+_FORMATTED_RE = re.compile(  # '#### <number>', the number maybe after emphasis ('**', '*', '__', '_'), '-', '$'
+    r"(?<!#)####(?!#)[ \t]*(?:\*{1,2}|_{1,2})?[ \t]*(?:\\?\$)?[ \t]*[-\u2212]?[ \t]*(?:\\?\$)?[ \t]*"
+    r"(?:\d|\.\d|\\[dt]?frac)"
 )
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# What ends a sentence after an answer: . ! ? ; : , and whitespace (with a LaTeX spacing '\,' '\;' '\!' '\:' too,
+# so no lone '\' is left). Only trailing ones: '3.5', '1,080', '5:6' keep theirs.
+_TRAILING_PUNCT_RE = re.compile(r"(?:\\?[.!?;:,]|\s)+$")
+_EMPHASIS = ("**", "__", "*", "_")  # markdown bold / italics, longest first
+
+
+def _strip_decor(s: str) -> str:
+    """An answer without the sentence punctuation after it and the markdown emphasis around it ('**3.5**.' -> '3.5').
+
+    Emphasis is removed only as a matching pair around the whole answer, so a '_' inside ('52_8') or a bracket that
+    belongs to the answer ('(1, 2]') stays."""
+    prev = None
+    while s != prev:  # '**42.**' and '**42**.' both need two rounds
+        prev = s
+        s = _TRAILING_PUNCT_RE.sub("", s.strip())
+        for mark in _EMPHASIS:
+            if len(s) > 2 * len(mark) and s.startswith(mark) and s.endswith(mark):
+                s = s[len(mark) : -len(mark)].strip()
+                break
+    return s
 
 
 def _clean(num: str) -> str:
@@ -203,8 +231,8 @@ def _rounds_to(pred: Fraction, gold_str: str) -> bool:
 
 
 def _norm_text(s: str) -> str:
-    s = s.replace("\\text", "").replace("**", "")
-    s = re.sub(r"[{}$]", "", s).strip().rstrip(".").strip().lower()
+    s = s.replace("\\text", "").replace("**", "").replace("__", "")
+    s = _strip_decor(re.sub(r"[{}$]", "", s)).lower()  # on gold and prediction alike: '3:30 p.m.' == '3:30 p.m'
     s = re.sub(r"\s*:\s*", ":", s)
     return re.sub(r"\s+", " ", s)
 
@@ -303,16 +331,45 @@ def _parse_gold(gold: str, timeout: int | None):
 
 
 def _strip_math_delims(s: str) -> str:
-    s = s.strip().rstrip(".").strip()
+    """A final answer without sentence punctuation, emphasis and one pair of math delimiters ('**$x$**.' -> 'x')."""
+    s = _strip_decor(s)
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
-            return s[len(left) : len(s) - len(right)].strip()
+            return _strip_decor(s[len(left) : len(s) - len(right)])  # '$\frac34.$'
     return s
+
+
+# "The answer is X" / "Answer: X" on one line: X is read like a '####' line (up to a sentence that follows it)
+_ANSWER_PHRASE_RE = re.compile(r"\banswer\b[^\n]*?(?:\bis\b|:)[ \t]*:?(?P<ans>[^\n]*)", re.IGNORECASE)
+_NEXT_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")  # '\sqrt{2}', '\text{(C)}': not prose words
+
+
+def _answer_phrase(completion: str) -> str | None:
+    """X of the last "answer is X" / "Answer: X", if X is a bare answer; None if X has words ('5, which is odd')."""
+    phrases = list(_ANSWER_PHRASE_RE.finditer(completion))
+    if not phrases:
+        return None
+    ans = _NEXT_SENTENCE_RE.split(phrases[-1].group("ans"), 1)[0]
+    if re.search(r"[A-Za-z]{2,}", _LATEX_CMD_RE.sub("", ans)):
+        return None  # prose: leave it to Math-Verify's reading of the whole completion, as before
+    return ans
+
+
+def _parse_final(content: str, t: int | None):
+    """Math-Verify parse of a final-answer string (a '####' line or an 'answer is' phrase) as LaTeX or an expression."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    # '**'/'__' anywhere ('**Answer: 7**' leaves '7**'); LaTeX has no use for them
+    content = _strip_math_delims(content.replace("**", "").replace("__", ""))
+    if not content:
+        return []
+    return parse(f"${content}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=t)
 
 
 def grade_math(completion: str, gold: str, *, timeout: int | None = MATH_TIMEOUT_SECONDS) -> Grade:
     """MATH-500: Math-Verify equivalence between the gold (wrapped in ``$...$``) and the model's final answer."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify import parse, verify
 
     completion = completion or ""
     formatted = is_formatted(completion)
@@ -321,10 +378,13 @@ def grade_math(completion: str, gold: str, *, timeout: int | None = MATH_TIMEOUT
     pred = []
     hashes = [c for c in _HASH_LINE_RE.findall(completion) if c.strip()]
     if hashes:
-        content = _strip_math_delims(hashes[-1].replace("**", ""))
-        pred = parse(
-            f"${content}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=t
-        )
+        pred = _parse_final(hashes[-1], t)
+    if not pred and not _boxed_contents(completion):
+        # no '####' line or box: a closing "The answer is X." is read alone, so that Math-Verify neither misses an
+        # undelimited '\sqrt{2}' nor reads 'X!' as a factorial or takes a number from an earlier sentence
+        phrase = _answer_phrase(completion)
+        if phrase is not None:
+            pred = _parse_final(phrase, t)
     if not pred:
         pred = parse(completion, parsing_timeout=t)
     extracted = None

@@ -284,29 +284,40 @@ def table_sampling(df: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"majority_accuracy": f"maj@{int(sampled.n_samples.max())}"})
 
 
+# The authors' released script ran "clip" with epsilon 0 and lr 5e-7 (../shared/PAPER.md); a run of that name is
+# compared with the paper's GRPO-clip numbers too.
+RELEASED_CLIP_RUN = "clip-released"
+
+
+def _reported_hit(cfg: dict, summary: pd.DataFrame, model: str, benchmark: str, objective: str,
+                  released: bool) -> pd.DataFrame:
+    runs = [run for run in pspo_config.model_runs(cfg, model) if (run == RELEASED_CLIP_RUN) == released
+            and cfg["runs"][run]["objective"] == objective
+            and (objective != "noclip" or cfg["runs"][run]["grpo"].get("num_iterations", 1) == 1)]
+    run_ids = [pspo_config.run_id(run, cfg["main_alpha"] if objective == "pspo" else None) for run in runs]
+    return summary[(summary.model == model) & summary.run_id.isin(run_ids[:1]) & (summary.benchmark == benchmark)]
+
+
 def table_reported(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for hub_id, benchmark, objective, reported in REPORTED:
         models = [m for m, spec in cfg["models"].items() if spec["path"] == hub_id]
-        reproduced, std, n_seeds, trained = None, None, 0, None
-        for model in models:
-            run_ids = [
-                pspo_config.run_id(run, cfg["main_alpha"] if objective == "pspo" else None)
-                for run in pspo_config.model_runs(cfg, model)
-                if cfg["runs"][run]["objective"] == objective
-                and (objective != "noclip" or cfg["runs"][run]["grpo"].get("num_iterations", 1) == 1)
-            ]
-            hit = summary[(summary.model == model) & summary.run_id.isin(run_ids[:1]) & (summary.benchmark == benchmark)]
-            if not hit.empty:
-                reproduced, std, n_seeds = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit.seeds.iloc[0])
-                trained = bool(hit.trained.iloc[0])
-        rows.append({
-            "model": hub_id, "benchmark": BENCHMARK_LABELS[benchmark],
-            "method": {"pspo": "GR-PSPO", "clip": "GRPO-clip"}[objective], "reported": reported,
-            "reproduced": reproduced, "std": std, "seeds": n_seeds,
-            "difference": None if reproduced is None else reproduced - reported, "trained": trained,
-            "note": "not run by this config" if reproduced is None else "" if trained else NOT_TRAINED,
-        })
+        variants = [("GR-PSPO" if objective == "pspo" else "GRPO-clip", False)]
+        if objective == "clip" and any(RELEASED_CLIP_RUN in pspo_config.model_runs(cfg, m) for m in models):
+            variants.append(("GRPO-clip as released (eps=0, lr 5e-7)", True))
+        for method, released in variants:
+            reproduced, std, n_seeds, trained = None, None, 0, None
+            for model in models:
+                hit = _reported_hit(cfg, summary, model, benchmark, objective, released)
+                if not hit.empty:
+                    reproduced, std, n_seeds = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit.seeds.iloc[0])
+                    trained = bool(hit.trained.iloc[0])
+            rows.append({
+                "model": hub_id, "benchmark": BENCHMARK_LABELS[benchmark], "method": method, "reported": reported,
+                "reproduced": reproduced, "std": std, "seeds": n_seeds,
+                "difference": None if reproduced is None else reproduced - reported, "trained": trained,
+                "note": "not run by this config" if reproduced is None else "" if trained else NOT_TRAINED,
+            })
     return pd.DataFrame(rows)
 
 
