@@ -35,7 +35,7 @@ def snakemake_dry_run(tmp_path: Path, *config: str, targets: tuple[str, ...] = (
         ('runs={"pspo": {"objective": "ppo"}}', "runs.pspo.objective = 'ppo' is not valid"),
         ('evaluation={"benchmarks": ["gsm8k", "mmlu"]}', "'mmlu' is not valid"),
         ('training={"grpo": {"learnig_rate": 1.0e-6}}', "did you mean 'learning_rate'?"),
-        ('data={"dir": "/nonexistent/data"}', "does not exist (looking for gsm8k_train.jsonl)"),
+        ('data={"dir": "/nonexistent/data"}', "does not exist (looking for gsm8k_test.jsonl)"),  # trains on the generated stand-in
         ('models={"smollm2-135m": {"runs": ["ppo"]}}', "names unknown run 'ppo'"),
     ],
 )

@@ -257,13 +257,14 @@ def test_ratio_std_is_exact_for_small_spreads(spread):
     mask = torch.ones(8, 1024)
     mask[:, 1000:] = 0
     fake = types.SimpleNamespace(objective="noclip", accelerator=_OneProcess(),
-                                 _metrics={"train": collections.defaultdict(list)})
+                                 _metrics={"train": collections.defaultdict(list)}, _pass_index=lambda mode: 1)
     PSPOTrainer._log_objective_metrics(fake, "train", log_ratio, torch.ones(8, 1), mask)
     logged = fake._metrics["train"]
     kept = log_ratio.double().exp()[:, :1000]
     assert logged["objective/ratio_std"][0] == pytest.approx(kept.std(unbiased=False).item(), rel=1e-3)
     assert logged["objective/ratio_mean"][0] == pytest.approx(kept.mean().item(), abs=1e-7)
     assert logged["objective/ratio_max"][0] == pytest.approx(kept.max().item(), rel=1e-6)
+    assert logged["objective/reused/ratio_std"] == logged["objective/ratio_std"]  # a reused pass: logged apart too
 
 
 def test_reuse_that_is_never_off_policy_is_refused(tmp_path):

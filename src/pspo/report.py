@@ -501,7 +501,9 @@ TRAINING_CURVE_METRICS = ("reward", "objective/reused/ratio_std", "completions/m
 
 
 def figure_training_curves(logs: pd.DataFrame, stem: Path) -> None:
-    """Mean ± std over seeds of the logged training metrics against the optimiser step, one row per model."""
+    """Mean ± std over seeds of the logged training metrics, one row per model, one colour per method in every
+    panel. The x axis is the epoch (training prompts seen), so a run at mu = 2 (two optimiser steps per generation
+    batch) lines up with one at mu = 1 on the same data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,6 +511,8 @@ def figure_training_curves(logs: pd.DataFrame, stem: Path) -> None:
 
     metrics = [m for m in TRAINING_CURVE_METRICS if not logs.empty and m in logs.columns]
     models = list(logs.model.unique()) if not logs.empty else []
+    x = "epoch" if "epoch" in logs.columns else "step"
+    colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(logs["label"]))} if models else {}
     fig, axes = plt.subplots(max(len(models), 1), max(len(metrics), 1), figsize=(4 * max(len(metrics), 1),
                              3 * max(len(models), 1)), squeeze=False)
     for i, model in enumerate(models):
@@ -516,14 +520,14 @@ def figure_training_curves(logs: pd.DataFrame, stem: Path) -> None:
             ax = axes[i, j]
             sub = logs[logs.model == model]
             for label, g in sub.groupby("label", sort=False):
-                stats = g.dropna(subset=[metric]).groupby("step")[metric].agg(["mean", "std"]).reset_index()
+                stats = g.dropna(subset=[metric]).groupby(x)[metric].agg(["mean", "std"]).reset_index()
                 if stats.empty:
                     continue
-                ax.plot(stats["step"], stats["mean"], label=label)
-                ax.fill_between(stats["step"], stats["mean"] - stats["std"].fillna(0),
-                                stats["mean"] + stats["std"].fillna(0), alpha=0.2)
-            ax.set_title(f"{model}: {metric}")
-            ax.set_xlabel("step")
+                ax.plot(stats[x], stats["mean"], marker=".", color=colours[label], label=label)
+                ax.fill_between(stats[x], stats["mean"] - stats["std"].fillna(0),
+                                stats["mean"] + stats["std"].fillna(0), color=colours[label], alpha=0.2)
+            ax.set_title(f"{model}: {metric}", fontsize=9)
+            ax.set_xlabel("epoch (training prompts seen)" if x == "epoch" else "step")
             ax.grid(alpha=0.3)
     if models and metrics:
         axes[0, 0].legend(fontsize=7)
