@@ -264,11 +264,22 @@ def _sentence_case(form, which, punct, wrap, sentence):
     return text, gold, which == "right"
 
 
-@pytest.mark.parametrize("sentence", SENTENCES, ids=["hash", "plain"])
-@pytest.mark.parametrize("wrap", EMPHASIS)
-@pytest.mark.parametrize("punct", PUNCTUATION)
-@pytest.mark.parametrize("which", ["right", "twin"])
-@pytest.mark.parametrize("form", NUMERIC_FORMS, ids=[f[0] for f in NUMERIC_FORMS])
+def _sentence_matrix(forms):
+    """Every answer form x right/wrong twin x punctuation x emphasis x sentence shape."""
+    marks = [pytest.mark.parametrize("sentence", SENTENCES, ids=["hash", "plain"]),
+             pytest.mark.parametrize("wrap", EMPHASIS), pytest.mark.parametrize("punct", PUNCTUATION),
+             pytest.mark.parametrize("which", ["right", "twin"]),
+             pytest.mark.parametrize("form", forms, ids=[f[0] for f in forms])]
+
+    def apply(test):
+        for mark in marks:
+            test = mark(test)
+        return test
+
+    return apply
+
+
+@_sentence_matrix(NUMERIC_FORMS)
 def test_numeric_answer_ending_a_sentence(form, which, punct, wrap, sentence):
     text, gold, correct = _sentence_case(form, which, punct, wrap, sentence)
     g = grade("gsm8k", text, gold)
@@ -277,11 +288,7 @@ def test_numeric_answer_ending_a_sentence(form, which, punct, wrap, sentence):
     assert g.extracted == extract_answer(text)
 
 
-@pytest.mark.parametrize("sentence", SENTENCES, ids=["hash", "plain"])
-@pytest.mark.parametrize("wrap", EMPHASIS)
-@pytest.mark.parametrize("punct", PUNCTUATION)
-@pytest.mark.parametrize("which", ["right", "twin"])
-@pytest.mark.parametrize("form", MATH_FORMS, ids=[f[0] for f in MATH_FORMS])
+@_sentence_matrix(MATH_FORMS)
 def test_math_answer_ending_a_sentence(form, which, punct, wrap, sentence):
     text, gold, correct = _sentence_case(form, which, punct, wrap, sentence)
     g = grade("math500", text, gold)

@@ -73,6 +73,20 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def flagged_ranks(flag: bool, reduce, rank: int = 0, world_size: int = 1, device=None) -> list[int]:
+    """The ranks whose ``flag`` is set, the same list on every rank (one SUM all-reduce of a one-hot vector).
+
+    ``reduce(tensor)`` must sum ``tensor`` across ranks, e.g. ``lambda t: accelerator.reduce(t, reduction="sum")``
+    (the identity with one process). It is a collective: every rank must call this at the same point, or the
+    ranks that did block. ``device`` must suit the backend (the model's device for NCCL).
+    """
+    onehot = torch.zeros(world_size, dtype=torch.float32, device=device)
+    if flag:
+        onehot[rank] = 1.0
+    total = reduce(onehot)
+    return [i for i, v in enumerate(total.tolist()) if v > 0]
+
+
 @dataclass
 class PSPOConfig(GRPOConfig):
     """``GRPOConfig`` plus the choice of per-token objective.
@@ -329,14 +343,25 @@ class PSPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------- safety
     def training_step(self, model, inputs, num_items_in_batch):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
+        # The loss is per rank: decide together (one tiny all-reduce per micro-step), so that every rank raises
+        # when any rank's loss is non-finite instead of one rank raising and the others hanging in the next
+        # collective. Every rank runs the same number of training_step calls, so the collectives match.
+        own_bad = not bool(torch.isfinite(loss).all())
+        acc = self.accelerator
+        world = acc.num_processes
+        bad = flagged_ranks(own_bad, lambda t: acc.reduce(t, reduction="sum"), rank=acc.process_index,
+                            world_size=world, device=loss.device)
+        if bad:
+            value = loss.item() if own_bad else "on another rank"
             raise PSPOError(
-                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1} (objective {self.objective}); "
-                "training stopped before the optimizer step; the last good checkpoint is kept"
+                f"non-finite loss ({value}) at step {self.state.global_step + 1} (objective {self.objective}); "
+                f"training stopped before the optimizer step on all ranks (non-finite on {len(bad)} of {world} "
+                f"rank(s): {', '.join(map(str, bad))}); the last good checkpoint is kept"
             )
         return loss
 
     def _get_grad_norm(self, model, grad_norm=None):
+        # No collective needed here: gradients are all-reduced before the norm, so every rank sees the same value.
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         value = float(grad_norm) if grad_norm is not None else 0.0
         if not math.isfinite(value):
