@@ -124,3 +124,23 @@ def test_response_quality_says_how_many_greedy_answers_training_changed(report):
     changed = table["% of greedy answers changed vs base"]
     assert (changed.loc["clip"] == 50).all() and (changed.loc["pspo-a0.1"] == 0).all()
     assert changed.loc["base"].isna().all()
+
+
+def test_reported_table_compares_the_paper_clip_with_the_released_script_too():
+    from pspo.report import table_reported
+
+    cfg = C.load_config({
+        "seeds": [0], "models": {"qwen": {"source": "hub", "path": "Qwen/Qwen2.5-0.5B"}},
+        "runs": {"clip": {"objective": "clip", "grpo": {"num_iterations": 2}},
+                 "clip-released": {"objective": "clip", "grpo": {"num_iterations": 2, "epsilon": 0.0}},
+                 "pspo": {"objective": "pspo", "grpo": {"num_iterations": 2}}},
+    })
+    summary = pd.DataFrame([
+        {"model": "qwen", "run_id": run_id, "benchmark": "gsm8k", "mean": mean, "std": float("nan"), "seeds": 1,
+         "trained": True}
+        for run_id, mean in (("clip", 30.0), ("clip-released", 18.0), ("pspo-a0.1", 40.0))])
+    table = table_reported(cfg, summary)
+    table = table[table.model == "Qwen/Qwen2.5-0.5B"].set_index("method")
+    assert table.loc["GRPO-clip", "reproduced"] == 30.0 and table.loc["GR-PSPO", "reproduced"] == 40.0
+    released = table.loc["GRPO-clip as released (eps=0, lr 5e-7)"]
+    assert released["reproduced"] == 18.0 and released["reported"] == 17.6

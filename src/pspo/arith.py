@@ -2,8 +2,8 @@
 
 Why it exists: on 2 CPU cores SmolLM2-135M-Instruct cannot learn from GSM8K in minutes. It answers 1.6% of GSM8K
 correctly and needs ~175 tokens to finish, so groups rarely have reward spread and each step costs minutes. On
-these one-step problems with small numbers (sampled at T = 0.8, 64 new tokens) it is right ~27% of the time and
-finishes in ~50 tokens, so most groups of 4 have reward spread from correctness, not only from the format bonus.
+these one-step problems with small numbers (sampled at T = 0.8, 64 new tokens) it is right ~23% of the time and
+finishes in ~52 tokens, so most groups of 4 have reward spread from correctness, not only from the format bonus.
 (Harder variants, two-step problems and numbers up to 90, gave ~5% correct at 64 tokens: GRPO then learned the
 '####' format and collapsed onto formatted wrong answers, with no reward spread left.) It is a stand-in, labelled
 as such wherever it is used, not a benchmark of the paper.
