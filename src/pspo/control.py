@@ -65,23 +65,33 @@ def load_weights(model_dir: str | os.PathLike) -> dict:
     return out
 
 
+def distances(ref: dict, pairs: dict[str, tuple[dict, dict]]) -> tuple[dict[str, tuple[float, float]], float, int]:
+    """For each named pair (x, y) of weight dicts: (||x - y||, max |x - y|), over the tensors of ``ref`` that both
+    hold with ref's shape, in one float64 pass; also ||ref|| over those tensors and how many were compared."""
+    import torch
+
+    sq = dict.fromkeys(pairs, 0.0)
+    peak = dict.fromkeys(pairs, 0.0)
+    ref_sq, compared = 0.0, 0
+    for name, t0 in ref.items():
+        if any(name not in x or name not in y or x[name].shape != t0.shape or y[name].shape != t0.shape
+               for x, y in pairs.values()):
+            continue
+        for key, (x, y) in pairs.items():
+            d = x[name].detach().cpu().to(torch.float64) - y[name].detach().cpu().to(torch.float64)
+            sq[key] += float(d.square().sum())
+            peak[key] = max(peak[key], float(d.abs().max()))
+        ref_sq += float(t0.to(torch.float64).square().sum())
+        compared += 1
+    return {k: (math.sqrt(sq[k]), peak[k]) for k in pairs}, math.sqrt(ref_sq), compared
+
+
 def weight_distances(pspo_dir: str | os.PathLike, control_dir: str | os.PathLike,
                      base_dir: str | os.PathLike) -> dict:
     """Distances between the three models over the base checkpoint's tensors, relative to ||theta_0|| (float64)."""
-    import torch
-
     base, a, b = load_weights(base_dir), load_weights(pspo_dir), load_weights(control_dir)
-    sums = {"pspo_control": 0.0, "pspo_base": 0.0, "control_base": 0.0, "base": 0.0}
-    for name, t0 in base.items():
-        if name not in a or name not in b:
-            continue
-        t0, ta, tb = (t.to(torch.float64) for t in (t0, a[name], b[name]))
-        sums["pspo_control"] += float((ta - tb).square().sum())
-        sums["pspo_base"] += float((ta - t0).square().sum())
-        sums["control_base"] += float((tb - t0).square().sum())
-        sums["base"] += float(t0.square().sum())
-    norm = math.sqrt(sums["base"]) or 1.0
-    d = {k: math.sqrt(v) / norm for k, v in sums.items() if k != "base"}
+    dist, base_norm, _ = distances(base, {"pspo_control": (a, b), "pspo_base": (a, base), "control_base": (b, base)})
+    d = {k: l2 / (base_norm or 1.0) for k, (l2, _) in dist.items()}
     moved = (d["pspo_base"] + d["control_base"]) / 2
     d["drift_ratio"] = d["pspo_control"] / moved if moved else None
     return d
@@ -110,24 +120,28 @@ def write_distances(*, pspo_dir: str, control_dir: str, base_dir: str, out: str,
     write_json_atomic(out, {"pspo": pair[0], "control": pair[1], **d, "provenance": provenance()})
 
 
-def table_control(cfg: dict, logs) -> "pd.DataFrame":  # noqa: F821 - pandas is imported lazily
-    """One row per (model, alpha, seed): weight drift and reward agreement of GR-PSPO and its control."""
+def _run_log(logs, job: pspo_config.TrainJob):
+    """The rows of one training run in :func:`pspo.report.collect_train_logs`'s frame."""
+    return logs[(logs.model == job.model) & (logs.run_id == job.run_id) & (logs.seed == job.seed)]
+
+
+def table_control(cfg: dict, pairs: Sequence, logs) -> "pd.DataFrame":  # noqa: F821 - pandas is imported lazily
+    """One row per (model, alpha, seed) of :func:`control_pairs`: weight drift and reward agreement."""
     import pandas as pd
 
     from pspo.io import read_json
 
     rows = []
-    for job, control in control_pairs(cfg):
+    for job, control in pairs:
         d = read_json(distance_path(cfg["results_dir"], job))
-        sel = lambda j: logs[(logs.model == j.model) & (logs.run_id == j.run_id) & (logs.seed == j.seed)]  # noqa: E731
         rows.append({"model": job.model, "alpha": job.alpha, "seed": job.seed, "control": control.run_id,
                      "dist_pspo_control": d["pspo_control"], "dist_pspo_base": d["pspo_base"],
                      "dist_control_base": d["control_base"], "drift_ratio": d["drift_ratio"],
-                     **reward_agreement(sel(job), sel(control))})
+                     **reward_agreement(_run_log(logs, job), _run_log(logs, control))})
     return pd.DataFrame(rows)
 
 
-def figure_control(cfg: dict, logs, table, stem: Path) -> None:
+def figure_control(cfg: dict, pairs: Sequence, logs, table, stem: Path) -> None:
     """Left: reward per step of GR-PSPO (main alpha) and its control, per seed. Right: the three distances."""
     import matplotlib
 
@@ -137,12 +151,10 @@ def figure_control(cfg: dict, logs, table, stem: Path) -> None:
 
     from pspo.report import _save
 
-    pairs = control_pairs(cfg)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     for k, (job, control) in enumerate(p for p in pairs if p[0].alpha == cfg["main_alpha"]):
         for j, style in ((job, "-"), (control, "--")):
-            g = logs[(logs.model == j.model) & (logs.run_id == j.run_id) & (logs.seed == j.seed)]
-            g = g.dropna(subset=["reward"])
+            g = _run_log(logs, j).dropna(subset=["reward"])
             left.plot(g["step"], g["reward"], style, color=f"C{k}",
                       label=f"{pspo_config.run_label(cfg, j.run, j.alpha)}, seed {j.seed}")
     left.set_xlabel("step")
@@ -167,5 +179,5 @@ def figure_control(cfg: dict, logs, table, stem: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["load_weights", "control_run", "control_pairs", "distance_path", "weight_distances", "reward_agreement",
+__all__ = ["load_weights", "distances", "control_run", "control_pairs", "distance_path", "weight_distances", "reward_agreement",
            "write_distances", "table_control", "figure_control", "CONTROL_TABLE", "CONTROL_FIGURE"]

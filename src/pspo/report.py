@@ -57,6 +57,11 @@ def _job_identity(cfg: dict, job: pspo_config.EvalJob, trained: dict) -> dict:
     }
 
 
+def _eval_prefix(cfg: dict, job: pspo_config.EvalJob) -> str:
+    """``eval/<model>/<tag>/<stem>``: append ``.metrics.json`` or ``.samples.jsonl`` (the stem holds dots)."""
+    return str(Path(cfg["results_dir"]) / "eval" / job.model / job.tag / job.stem)
+
+
 def _train_dir(cfg: dict, job: pspo_config.TrainJob) -> Path:
     return Path(cfg["results_dir"]) / "train" / job.model / job.run_id / f"seed{job.seed}"
 
@@ -86,8 +91,7 @@ def collect_metrics(cfg: dict, status: dict | None = None) -> pd.DataFrame:
     rows = []
     trained = {(job.model, job.tag): job for job in pspo_config.train_jobs(cfg)}
     for job in pspo_config.eval_jobs(cfg):
-        path = Path(cfg["results_dir"]) / "eval" / job.model / job.tag / f"{job.stem}.metrics.json"
-        m = read_json(path)
+        m = read_json(f"{_eval_prefix(cfg, job)}.metrics.json")
         ci = m["accuracy_ci95"]
         train = trained.get((job.model, job.tag))  # None: the base model
         row = {
@@ -235,8 +239,8 @@ def changed_vs_base(cfg: dict, df: pd.DataFrame) -> pd.Series:
     from pspo.io import read_jsonl
 
     def completions(model: str, tag: str, benchmark: str) -> dict:
-        path = Path(cfg["results_dir"]) / "eval" / model / tag / f"{benchmark}_T0_n1.samples.jsonl"
-        return {r["id"]: r["completion"] for r in read_jsonl(path)}
+        greedy = pspo_config.EvalJob(model, tag, benchmark, 0.0, 1)
+        return {r["id"]: r["completion"] for r in read_jsonl(f"{_eval_prefix(cfg, greedy)}.samples.jsonl")}
 
     base_cache: dict = {}
     out = []
@@ -405,13 +409,14 @@ def build_report(cfg: dict, index_path: str | Path) -> None:
     if "sampling" in table_names(cfg):
         tables["sampling"] = ("Sampled evaluation: pass@k and majority vote (%), means over seeds", table_sampling(df))
     logs = collect_train_logs(cfg)
-    if control.CONTROL_TABLE in table_names(cfg):
-        drift = control.table_control(cfg, logs)
+    pairs = control.control_pairs(cfg)
+    if pairs:
+        drift = control.table_control(cfg, pairs, logs)
         tables[control.CONTROL_TABLE] = (
             "GR-PSPO vs its control GRPO-noclip (mu=2), same seed and data: weight distances relative to ||θ₀|| "
             "(drift ratio = distance between the two over their mean distance from the base) and training reward "
             "agreement", drift)
-        control.figure_control(cfg, logs, drift, out / "figures" / control.CONTROL_FIGURE)
+        control.figure_control(cfg, pairs, logs, drift, out / "figures" / control.CONTROL_FIGURE)
     for name, (title, table) in tables.items():
         write_table(table, out / "tables" / name, title, prov)
     figure_training_curves(logs, out / "figures" / "training_curves")

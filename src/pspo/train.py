@@ -214,26 +214,12 @@ def learning_signal(rows: Sequence[dict]) -> dict:
 def weight_change(model, base_dir: str | os.PathLike) -> dict:
     """How far training moved the weights: ||theta - theta_0|| / ||theta_0|| over every parameter of the base
     checkpoint (float64 sums), and the largest absolute change. 0 means the "trained" model is its base."""
-    import torch
-
-    from pspo.control import load_weights
+    from pspo.control import distances, load_weights
 
     base = load_weights(base_dir)
-    params = dict(model.named_parameters())
-    diff_sq = base_sq = 0.0
-    max_abs = 0.0
-    compared = 0
-    for name, theta0 in base.items():
-        theta = params.get(name)
-        if theta is None or theta.shape != theta0.shape:
-            continue
-        d = theta.detach().to(torch.float64).cpu() - theta0.to(torch.float64)
-        diff_sq += float(d.square().sum())
-        base_sq += float(theta0.to(torch.float64).square().sum())
-        max_abs = max(max_abs, float(d.abs().max()))
-        compared += 1
-    return {"relative_l2": math.sqrt(diff_sq / base_sq) if base_sq else None, "max_abs": max_abs,
-            "tensors_compared": compared}
+    dist, base_norm, compared = distances(base, {"moved": (dict(model.named_parameters()), base)})
+    l2, max_abs = dist["moved"]
+    return {"relative_l2": l2 / base_norm if base_norm else None, "max_abs": max_abs, "tensors_compared": compared}
 
 
 def _make_csv_callback(log_csv: str | os.PathLike):
