@@ -16,7 +16,6 @@ Every row has the shared schema of ``shared/data/README.md``: ``id``, ``question
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import random
@@ -26,36 +25,11 @@ from typing import Any, Iterable, Sequence
 
 from pspo.errors import PSPOError
 
-PAPER_BENCHMARKS = ("gsm8k", "svamp", "asdiv", "math500")
-# `arith` is the held-out set of the CPU stand-in task (pspo.arith), generated in code; not a paper benchmark.
-BENCHMARKS = PAPER_BENCHMARKS + ("arith",)
-GENERATED = ("arith", "arith_train")  # made by pspo.arith on every machine: no file, no hub
-TRAIN_SETS = {"gsm8k": "gsm8k_train", "arith": "arith_train"}  # config data.train_set -> the pool it splits
-FILES = {
-    "gsm8k": "gsm8k_test.jsonl",
-    "gsm8k_train": "gsm8k_train.jsonl",
-    "svamp": "svamp.jsonl",
-    "asdiv": "asdiv.jsonl",
-    "math500": "math500.jsonl",
-}
-LOADABLE = tuple(FILES) + GENERATED
-SUBSETS = {
-    "arith": ("all",),
-    "arith_train": ("all",),
-    "gsm8k": ("all",),
-    "gsm8k_train": ("all",),
-    "svamp": ("all", "300"),
-    "asdiv": ("all", "numeric", "pal2096"),
-    "math500": ("all",),
-}
-# name -> (hub repo, config, splits in the order they are concatenated)
-HUB_DATASETS = {
-    "gsm8k": ("openai/gsm8k", "main", ("test",)),
-    "gsm8k_train": ("openai/gsm8k", "main", ("train",)),
-    "svamp": ("ChilleD/SVAMP", None, ("train", "test")),
-    "asdiv": ("EleutherAI/asdiv", None, ("validation",)),
-    "math500": ("HuggingFaceH4/MATH-500", None, ("test",)),
-}
+from pspo.benchmarks import BENCHMARKS, GENERATED, LOADABLE, PAPER_BENCHMARKS, REGISTRY, TRAIN_SETS, canonical
+
+FILES = {n: b.file for n, b in REGISTRY.items() if b.file is not None}
+SUBSETS = {n: b.subsets for n, b in REGISTRY.items()}
+HUB_DATASETS = {n: b.hub for n, b in REGISTRY.items() if b.hub is not None}
 REQUIRED_KEYS = ("id", "question", "answer", "solution", "meta")
 SVAMP_300_SIZE = 300
 GSM8K_TRAIN_SIZE = 7000
@@ -68,14 +42,6 @@ _FIX = (
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _check_name(name: str, valid: Sequence[str] = LOADABLE) -> str:
-    if name == "gsm8k_test":
-        return "gsm8k"
-    if name not in valid:
-        raise PSPOError(f"unknown benchmark {name!r}; valid: {', '.join(valid)}")
-    return name
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """``data_dir``, else $PSPO_DATA_DIR, else ``shared/data`` next to this checkout (if it exists)."""
     if data_dir is not None:
@@ -101,7 +67,7 @@ def resolve_source(source: str, data_dir: str | os.PathLike | None = None) -> tu
 
 def data_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The local JSONL path of a benchmark; PSPOError naming the file, the directory and the fix if missing."""
-    name = _check_name(name)
+    name = canonical(name)
     directory = resolve_data_dir(data_dir)
     path = directory / FILES[name]
     if not path.is_file():
@@ -133,7 +99,7 @@ def load_benchmark(
     """Rows of ``name`` (gsm8k = GSM8K test, gsm8k_train, svamp, asdiv, math500) in the shared schema."""
     from pspo.io import read_jsonl
 
-    name = _check_name(name)
+    name = canonical(name)
     if name in GENERATED:
         from pspo import arith
 
@@ -148,7 +114,7 @@ def load_benchmark(
 
 def load_hub(name: str, *, revision: str | None = None) -> list[dict]:
     """Load the public hub dataset for ``name`` with ``datasets.load_dataset`` and normalise it (needs internet)."""
-    name = _check_name(name)
+    name = canonical(name)
     repo, config, splits = HUB_DATASETS[name]
     try:
         from datasets import load_dataset
@@ -229,7 +195,7 @@ def normalize_hub_records(name: str, records: Iterable[dict], *, split: str | No
       asdiv/nluds-<index+1:04d> (the hub rows follow ASDiv.xml order); PAL-2096 flags are unknown (None).
     * HuggingFaceH4/MATH-500: {problem, solution, answer, subject, level, unique_id} -> id math500/<unique_id>.
     """
-    name = _check_name(name)
+    name = canonical(name)
     out = []
     for i, rec in enumerate(records):
         try:
@@ -295,7 +261,7 @@ def select_eval_rows(
     * ``limit``: ``random.Random(seed).sample`` of that many row positions, returned in the original order.
     Rows are returned as new lists; rows are not copied unless changed (pal2096).
     """
-    name = _check_name(name)
+    name = canonical(name)
     if subset not in SUBSETS[name]:
         raise PSPOError(f"unknown subset {subset!r} for {name}; valid: {', '.join(SUBSETS[name])}")
     rows = list(rows)
@@ -416,7 +382,7 @@ def write_eval_rows(*, out: str | os.PathLike, benchmark: str, source: str = "lo
                     dir: str | os.PathLike | None = None, subset: str = "all", limit: int | None = None,
                     seed: int = 0) -> None:
     """The evaluated rows of one benchmark (subset, then a seeded ``limit``), with a record of every choice."""
-    _check_name(benchmark, BENCHMARKS)
+    canonical(benchmark, BENCHMARKS)
     rows = load_benchmark(benchmark, source=source, data_dir=dir)
     selected = select_eval_rows(benchmark, rows, subset=subset, limit=limit, seed=seed)
     record, files = _input_record(benchmark, source, dir)
@@ -424,51 +390,8 @@ def write_eval_rows(*, out: str | os.PathLike, benchmark: str, source: str = "lo
                            "input_rows": len(rows)}, files)
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="pspo prepare-data",
-        description="Write the GSM8K train/validation split and the evaluation sets as JSONL "
-        "(each with a <name>.meta.json recording every choice).",
-    )
-    ap.add_argument("--out-dir", type=Path, required=True)
-    ap.add_argument("--source", choices=("auto", "local", "hub"), default="auto",
-                    help="auto: the local --data-dir (or $PSPO_DATA_DIR) when it exists, else the hub")
-    ap.add_argument("--data-dir", type=Path, default=None, help="local benchmark JSONL directory (source local)")
-    ap.add_argument("--seed", type=int, default=0, help="train/val shuffle seed (the paper uses the run seed)")
-    ap.add_argument("--train-size", type=int, default=GSM8K_TRAIN_SIZE)
-    ap.add_argument("--val-size", type=int, default=None, help="default: all remaining rows (473); 472 = authors'")
-    ap.add_argument("--train-limit", type=int, default=None, help="keep the first N shuffled training rows")
-    ap.add_argument("--no-train", action="store_true", help="skip the train/val split")
-    ap.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS),
-                    help=f"comma-separated evaluation sets from {', '.join(BENCHMARKS)} ('' for none)")
-    ap.add_argument("--train-set", choices=tuple(TRAIN_SETS), default="gsm8k",
-                    help="gsm8k, or arith (the CPU stand-in task, pspo.arith)")
-    ap.add_argument("--asdiv-subset", default="all", choices=SUBSETS["asdiv"])
-    ap.add_argument("--svamp-subset", default="all", choices=SUBSETS["svamp"])
-    ap.add_argument("--limit", type=int, default=None, help="seeded random subset of each evaluation set")
-    ap.add_argument("--limit-seed", type=int, default=0)
-    args = ap.parse_args(list(argv) if argv is not None else None)
-
-    args.source, data_dir = resolve_source(args.source, args.data_dir)
-    args.data_dir = None if data_dir is None else Path(data_dir)
-    benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    for b in benches:
-        _check_name(b, BENCHMARKS)
-    if args.no_train and not benches:
-        raise PSPOError("nothing to do: --no-train and no --benchmarks")
-    if not args.no_train:
-        write_train_split(seed=args.seed, out_train=args.out_dir / "train.jsonl", out_val=args.out_dir / "val.jsonl",
-                          source=args.source, dir=args.data_dir, train_size=args.train_size, val_size=args.val_size,
-                          train_limit=args.train_limit, train_set=args.train_set)
-    for b in benches:
-        write_eval_rows(out=args.out_dir / f"{b}.jsonl", benchmark=b, source=args.source, dir=args.data_dir,
-                        subset={"asdiv": args.asdiv_subset, "svamp": args.svamp_subset}.get(b, "all"),
-                        limit=args.limit, seed=args.limit_seed)
-    return 0
-
-
 __all__ = [
     "BENCHMARKS", "FILES", "SUBSETS", "HUB_DATASETS", "load_benchmark", "load_hub", "normalize_hub_records",
     "normalize_asdiv_answer", "select_eval_rows", "select_ids", "split_train_val", "resolve_data_dir", "data_file",
-    "write_train_split", "write_eval_rows", "main", "resolve_source", "PAPER_BENCHMARKS", "TRAIN_SETS", "GENERATED",
+    "write_train_split", "write_eval_rows", "resolve_source", "PAPER_BENCHMARKS", "TRAIN_SETS", "GENERATED",
 ]
