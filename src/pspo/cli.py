@@ -1,4 +1,4 @@
-"""The ``pspo`` command: one argparse subcommand per stage, each a thin wrapper over one package function.
+"""The pspo command: one argparse subcommand per stage, each a thin wrapper over one package function.
 
 ``run(argv)`` parses and runs (a PSPOError propagates: tests and scripts see it); ``main(argv)``, the console
 script, turns a PSPOError into one line on stderr and exit code 2.

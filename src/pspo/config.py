@@ -1,7 +1,9 @@
 """The workflow config: JSON-schema validation with defaults, one-line errors, and the job grid it implies.
 
 The Snakefile calls :func:`load_config` once; rules only ask this module which jobs exist and what settings a
-job gets, so the grid logic is plain Python that tests can call without Snakemake.
+job gets, so the grid logic is plain Python that tests can call without Snakemake. (Over 300 lines on purpose:
+the schema checks, the grid they make valid and the per-rule settings it hands out are one contract; where each
+job's files go is ``pspo.layout``.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pspo.errors import PSPOError
-from pspo.layout import BASE, EVAL_STEM, TAG, TAG_RE
+from pspo.layout import BASE, EVAL_STEM, TAG, TAG_RE  # noqa: F401 - TAG_RE parses the tags this grid makes
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 

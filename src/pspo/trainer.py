@@ -30,6 +30,9 @@ replaced by ``self.per_token_loss(...)`` and only the DAPO aggregation is kept. 
 dropped code (sequence-level ratios, two-sided ``delta`` clipping, the entropy bonus) are refused by
 :class:`PSPOConfig`. tests/test_trainer.py checks that ``objective="clip"`` reproduces TRL's own
 ``loss_type="dapo"`` loss and gradient, so a TRL upgrade that changes the shared parts fails loudly.
+
+(Over 300 lines on purpose: the trimmed copy of TRL's ``_compute_loss`` must stay whole to be diffed against TRL's,
+and the config checks, the logged statistics and the exact-resume hooks all guard that one loop.)
 """
 
 from __future__ import annotations
