@@ -97,6 +97,7 @@ def collect_train_logs(cfg: dict, log_files) -> pd.DataFrame:
 
 # --- statistics
 
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of accuracy over seeds, plus the Wilson 95% interval of the seeds pooled, and how many of the
     seeds had no learning signal (``trained``: every seed learned)."""
@@ -131,5 +132,3 @@ def accuracy_cell(h: pd.Series) -> str:
         return NOT_TRAINED
     text = _cell(h["mean"], h["std"], h["pooled_low"], h["pooled_high"])
     return text + (f" ({untrained} of {seeds} seeds not trained)" if untrained else "")
-
-

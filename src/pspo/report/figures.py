@@ -12,6 +12,7 @@ from pspo.benchmarks import LABELS
 from pspo.io import atomic_path
 from pspo.report.tables import main_run_ids
 
+
 def save_figure(fig, paths) -> None:
     """Save ``fig`` atomically to each of ``paths``, in the format its suffix names."""
     for path in paths:
@@ -142,5 +143,3 @@ def figure_accuracy(cfg: dict, summary: pd.DataFrame, paths) -> None:
     fig.tight_layout()
     save_figure(fig, paths)
     plt.close(fig)
-
-

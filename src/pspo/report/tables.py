@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 
 from pspo import config as pspo_config
+from pspo import layout
 from pspo.benchmarks import LABELS
 from pspo.io import write_text_atomic
-from pspo import layout
 from pspo.layout import BASE, TABLE_EXTS
 from pspo.provenance import config_hash, git_commit, package_versions
 from pspo.report.collect import NOT_TRAINED, accuracy_cell
@@ -35,6 +35,8 @@ REPORTED = [
     ("Qwen/Qwen2-Math-1.5B", "gsm8k", "pspo", 79.9),
     ("Qwen/Qwen2-Math-1.5B", "math500", "pspo", 59.6),
 ]
+
+
 def table_hyperparameters(cfg: dict) -> pd.DataFrame:
     rows = []
     for model, spec in cfg["models"].items():
@@ -223,6 +225,7 @@ def table_provenance(prov: dict) -> pd.DataFrame:
 
 
 # --- writing: CSV, Markdown, LaTeX
+
 
 def provenance_line(prov: dict) -> str:
     v = prov["versions_at_report"]
