@@ -32,7 +32,9 @@ def _threads_from_env() -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise PSPOError(f"{THREADS_ENV}={value!r} is not an integer; set it to a number of threads or unset it") from None
+        raise PSPOError(
+            f"{THREADS_ENV}={value!r} is not an integer; set it to a number of threads or unset it"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -126,6 +126,8 @@ def report_files(results_dir: str, tables: list[str], figures: list[str]) -> dic
     }
 
 
-__all__ = ["BASE", "TAG", "TAG_RE", "EVAL_STEM", "path", "record", "train_path", "eval_path", "eval_model_dir", "report_inputs", "table_names", "figure_names",
-           "report_files", "TABLE_EXTS", "FIGURE_EXTS", "FIGURES", "SURROGATE_FIGURE", "CONTROL_TABLE",
-           "CONTROL_FIGURE"]
+__all__ = [
+    "BASE", "TAG", "TAG_RE", "EVAL_STEM", "path", "record", "train_path", "eval_path", "eval_model_dir",
+    "report_inputs", "table_names", "figure_names", "report_files", "TABLE_EXTS", "FIGURE_EXTS", "FIGURES",
+    "SURROGATE_FIGURE", "CONTROL_TABLE", "CONTROL_FIGURE"
+]

@@ -1,4 +1,5 @@
-# Config validation and the job grid. The grid logic lives in pspo.config so tests can call it without Snakemake.
+# Config validation and the job grid. The grid logic lives in pspo.config and every path in pspo.layout, so tests
+# can call them without Snakemake.
 import os
 import re
 import sys
@@ -91,8 +92,8 @@ def data_inputs(name):
 
 def trained_model(path):
     """The trained model directory: a temporary output when training.keep_models is false (CPU grids)."""
-    out = directory(path)
-    return out if CFG["training"]["keep_models"] else temp(out)
+    model_dir = directory(path)
+    return model_dir if CFG["training"]["keep_models"] else temp(model_dir)
 
 
 def eval_model_dir(wildcards):

@@ -108,10 +108,10 @@ def evaluate(
     ``throughput``, ``generation`` (the settings) and ``provenance``. Both files are written atomically and
     the metrics file last (the old one is removed first), so a killed run never leaves a metrics file that
     does not belong to the samples next to it. ``threads`` sets torch's CPU threads for this call (None:
-    $PSPO_TORCH_THREADS, else torch's default, all cores). ``generator`` (tests, reuse) is an already-built backend. An existing
-    ``out_metrics`` made with different settings, model or data is never silently replaced: that is an error unless
-    ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job). ``require_gpu`` refuses to
-    run without CUDA (:func:`pspo.device.job_device`, as training does).
+    $PSPO_TORCH_THREADS, else torch's default, all cores). ``generator`` (tests, reuse) is an already-built
+    backend. An existing ``out_metrics`` made with different settings, model or data is never silently replaced:
+    that is an error unless ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job).
+    ``require_gpu`` refuses to run without CUDA (:func:`pspo.device.job_device`, as training does).
     """
     from pspo.device import job_device
     from pspo.evaluation.backends import make_generator

@@ -23,9 +23,9 @@ from pspo.report.tables import (
     table_hyperparameters, table_provenance, table_reported, table_response_quality, table_sampling, write_table,
 )
 
-CONTROL_TITLE = ("GR-PSPO vs its control GRPO-noclip (mu=2), same seed and data: weight distances relative to ||θ₀|| "
-                 "(drift ratio = distance between the two over their mean distance from the base) and training reward "
-                 "agreement")
+CONTROL_TITLE = ("GR-PSPO vs its control GRPO-noclip (mu=2), same seed and data: weight distances relative to "
+                 "||θ₀|| (drift ratio = distance between the two over their mean distance from the base) and "
+                 "training reward agreement")
 
 
 def build_report(cfg: dict, inputs: Mapping[str, Sequence[str]], index_path: str | Path) -> None:
@@ -51,7 +51,8 @@ def build_report(cfg: dict, inputs: Mapping[str, Sequence[str]], index_path: str
     tables["alpha_ablation"] = ("Alpha ablation: GR-PSPO accuracy (%) per alpha, with the noclip controls",
                                 table_alpha_ablation(cfg, summary))
     tables["response_quality"] = ("Response quality at T=0 (means over seeds)", table_response_quality(df))
-    tables["reported_vs_reproduced"] = ("The paper's reported accuracies (%) beside this run's", table_reported(cfg, summary))
+    tables["reported_vs_reproduced"] = ("The paper's reported accuracies (%) beside this run's",
+                                        table_reported(cfg, summary))
     tables["provenance"] = ("Provenance of every number in this report", table_provenance(prov))
     if "sampling" in names:
         tables["sampling"] = ("Sampled evaluation: pass@k and majority vote (%), means over seeds", table_sampling(df))
