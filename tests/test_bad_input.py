@@ -88,12 +88,12 @@ def test_model_directory_without_weights(tmp_path):
 def test_no_gpu_for_a_gpu_sized_job():
     import torch
 
-    from pspo.workflow import ensure_gpu
+    from pspo.device import ensure_gpu
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(PSPOError, match=r"no GPU: run the CPU grid \(--configfile config/cpu.yaml\) or .*--profile slurm"):
-        ensure_gpu("evaluation of qwen2.5-1.5b/base")
+    with pytest.raises(PSPOError, match=r"\(model qwen2.5-1.5b/base\); no GPU here: use config/cpu.yaml .*--profile slurm"):
+        ensure_gpu("qwen2.5-1.5b/base")
 
 
 def test_disk_full_while_saving_leaves_nothing(tmp_path, monkeypatch):

@@ -97,11 +97,15 @@ def test_paper_grid_job_counts():
 
 def test_grpo_settings_precedence():
     cfg = C.load_config(REPO / "config" / "config.yaml")
-    clip_05 = C.grpo_settings(cfg, C.TrainJob("qwen2.5-0.5b", "clip", None, 3))
+    clip_job = C.find_train_job(cfg, "qwen2.5-0.5b", "clip", 3)
+    clip_05 = C.grpo_settings(cfg, clip_job)
     assert (clip_05["epsilon"], clip_05["learning_rate"], clip_05["num_iterations"]) == (0.1, 1e-6, 2)
-    assert clip_05["objective"] == "clip" and clip_05["seed"] == 3 and "smoothing_alpha" not in clip_05
-    pspo = C.grpo_settings(cfg, C.TrainJob("qwen2.5-1.5b", "pspo", 0.2, 0))
-    assert (pspo["smoothing_alpha"], pspo["learning_rate"], pspo["num_iterations"]) == (0.2, 5e-7, 2)
+    # the job's identity travels beside its GRPO fields, not inside them
+    assert clip_job.objective(cfg) == "clip" and clip_job.seed == 3 and clip_job.alpha is None
+    assert not {"objective", "seed", "smoothing_alpha"} & clip_05.keys()
+    pspo_job = C.find_train_job(cfg, "qwen2.5-1.5b", "pspo-a0.2", 0)
+    pspo = C.grpo_settings(cfg, pspo_job)
+    assert (pspo_job.alpha, pspo["learning_rate"], pspo["num_iterations"]) == (0.2, 5e-7, 2)
     assert pspo["per_device_train_batch_size"] * pspo["gradient_accumulation_steps"] == 64
     noclip = C.grpo_settings(cfg, C.TrainJob("qwen2.5-1.5b", "noclip", None, 0))
     assert noclip["num_iterations"] == 1 and noclip["learning_rate"] == 1e-6

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from pspo import config as C
+from pspo import layout as L
 from pspo import control
 from pspo.errors import PSPOError
 
@@ -22,13 +23,13 @@ def test_every_pspo_run_is_paired_with_the_mu2_noclip_run_of_its_seed():
     assert len(pairs) == 2 * 3  # alphas x seeds
     for job, ctrl in pairs:
         assert cfg["runs"][job.run]["objective"] == "pspo" and ctrl.run_id == "noclip-mu2" and ctrl.seed == job.seed
-    assert control.CONTROL_TABLE in C.table_names(cfg) and control.CONTROL_FIGURE in C.figure_names(cfg)
+    assert control.CONTROL_TABLE in L.table_names(cfg) and control.CONTROL_FIGURE in L.figure_names(cfg)
 
 
 def test_a_grid_without_the_control_has_no_comparison():
     cfg = C.load_config(REPO / "config" / "cpu.yaml")  # clip, noclip (mu = 1), pspo
     assert control.control_run(cfg, "smollm2-135m") is None and control.control_pairs(cfg) == []
-    assert control.CONTROL_TABLE not in C.table_names(cfg) and control.CONTROL_FIGURE not in C.figure_names(cfg)
+    assert control.CONTROL_TABLE not in L.table_names(cfg) and control.CONTROL_FIGURE not in L.figure_names(cfg)
 
 
 def _model(path, tensors):

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from pspo import data, prompts
+from pspo.cli import run as pspo
 from pspo.errors import PSPOError
 
 EXPECTED_ROWS = {"gsm8k": 1319, "gsm8k_train": 7473, "svamp": 1000, "asdiv": 2305, "math500": 500}
@@ -247,8 +248,8 @@ def test_hub_loader_uses_normaliser(monkeypatch):
 # --------------------------------------------------------------------------------------------------- prepare-data CLI
 def test_prepare_data_cli(data_dir, tmp_path, capsys):
     out = tmp_path / "prepared"
-    assert data.main(["--out-dir", str(out), "--data-dir", str(data_dir), "--seed", "2", "--asdiv-subset", "pal2096",
-                      "--svamp-subset", "300", "--limit", "40", "--benchmarks", "gsm8k,svamp,asdiv,math500"]) == 0
+    assert pspo(["prepare-data", "--out-dir", str(out), "--data-dir", str(data_dir), "--seed", "2", "--asdiv-subset",
+                 "pal2096", "--svamp-subset", "300", "--limit", "40", "--benchmarks", "gsm8k,svamp,asdiv,math500"]) == 0
     read = lambda p: [json.loads(x) for x in p.read_text().split("\n") if x]  # noqa: E731 (not splitlines: U+2028 in text)
     train, val = read(out / "train.jsonl"), read(out / "val.jsonl")
     assert (len(train), len(val)) == (7000, 473)
@@ -272,9 +273,9 @@ def test_prepare_data_missing_file(data_dir, tmp_path):
     partial.mkdir()
     shutil.copy(data_dir / "gsm8k_train.jsonl", partial)
     with pytest.raises(PSPOError, match="svamp.jsonl not found in .*data.dir"):
-        data.main(["--out-dir", str(tmp_path / "o"), "--data-dir", str(partial), "--benchmarks", "svamp"])
+        pspo(["prepare-data", "--out-dir", str(tmp_path / "o"), "--data-dir", str(partial), "--benchmarks", "svamp"])
     with pytest.raises(PSPOError, match="unknown benchmark 'svmap'; valid: gsm8k, svamp, asdiv, math500"):
-        data.main(["--out-dir", str(tmp_path / "o"), "--data-dir", str(partial), "--benchmarks", "svmap"])
+        pspo(["prepare-data", "--out-dir", str(tmp_path / "o"), "--data-dir", str(partial), "--benchmarks", "svmap"])
 
 
 # --------------------------------------------------------------------------------------------------- prompts

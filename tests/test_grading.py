@@ -11,6 +11,7 @@ import time
 import pytest
 
 from pspo import data, grading
+from pspo.cli import run as pspo
 from pspo.errors import PSPOError
 from pspo.grading import Grade, extract_answer, grade, grade_many, grade_math, grade_numeric, is_formatted
 
@@ -350,7 +351,7 @@ def test_cli_grade_end_to_end(data_dir, tmp_path, capsys):
         {"id": rows[3]["id"], "completion": [{"role": "assistant", "content": f"so \\boxed{{{rows[3]['answer']}}}"}]},
     ])
     out = tmp_path / "graded.jsonl"
-    assert grading.main(["gsm8k", str(inp), "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert pspo(["grade", "gsm8k", str(inp), "--data-dir", str(data_dir), "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "accuracy: 3/4 = 0.7500"
     graded = [json.loads(x) for x in out.read_text().split("\n") if x]
@@ -362,9 +363,9 @@ def test_cli_grade_end_to_end(data_dir, tmp_path, capsys):
 def test_cli_grade_asdiv_pal_subset_uses_pal_target(data_dir, tmp_path, capsys):
     inp = tmp_path / "c.jsonl"
     _write_jsonl(inp, [{"id": "asdiv/nluds-1295", "completion": "#### 5"}])  # gold '5; 15; 20', PAL gold '5'
-    grading.main(["asdiv", str(inp), "--data-dir", str(data_dir), "--subset", "pal2096"])
+    pspo(["grade", "asdiv", str(inp), "--data-dir", str(data_dir), "--subset", "pal2096"])
     assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy: 1/1 = 1.0000"
-    grading.main(["asdiv", str(inp), "--data-dir", str(data_dir)])
+    pspo(["grade", "asdiv", str(inp), "--data-dir", str(data_dir)])
     assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy: 0/1 = 0.0000"
 
 
@@ -372,7 +373,7 @@ def test_cli_grade_unknown_id_lists_valid(data_dir, tmp_path):
     inp = tmp_path / "c.jsonl"
     _write_jsonl(inp, [{"id": "gsm8k_test/99999", "completion": "#### 1"}])
     with pytest.raises(PSPOError, match=r"gsm8k_test/99999.*gsm8k_test/0, gsm8k_test/1.*1319 ids"):
-        grading.main(["gsm8k", str(inp), "--data-dir", str(data_dir)])
+        pspo(["grade", "gsm8k", str(inp), "--data-dir", str(data_dir)])
 
 
 def test_cli_grade_subprocess_errors_are_one_line(data_dir, tmp_path):
@@ -395,7 +396,7 @@ def test_cli_grade_missing_keys(data_dir, tmp_path):
     inp = tmp_path / "c.jsonl"
     _write_jsonl(inp, [{"id": "gsm8k_test/0", "text": "#### 18"}])
     with pytest.raises(PSPOError, match="needs keys 'id' and 'completion'"):
-        grading.main(["gsm8k", str(inp), "--data-dir", str(data_dir)])
+        pspo(["grade", "gsm8k", str(inp), "--data-dir", str(data_dir)])
 
 
 def _timeout_in_worker(_):

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from pspo.train import learning_signal
+from pspo.train_log import learning_signal
 
 
 def _gen(step, grad, frac_zero=0.0, reward_std=0.5):

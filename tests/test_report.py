@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from pspo import config as C
+from pspo import layout as L
 from pspo.report import NOT_TRAINED, build_report
 
 NO_SIGNAL = "no learning signal: every generation step had zero reward spread"
@@ -58,7 +59,7 @@ def report(tmp_path_factory) -> tuple[Path, dict]:
         else:
             summary = {} if job.seed == 0 else {"trained": True, "warnings": []}
         _write(run_dir / "summary.json", summary)
-    build_report(cfg, results / "index.md")
+    build_report(cfg, L.report_inputs(cfg), results / "index.md")
     return results, cfg
 
 
@@ -113,7 +114,8 @@ def test_index_has_no_warnings_section_when_every_run_learned(report, tmp_path):
     shutil.copytree(results / "train", tmp_path / "train")
     for seed in (0, 1):
         _write(tmp_path / "train" / "qwen" / "pspo-a0.1" / f"seed{seed}" / "summary.json", {"trained": True})
-    build_report({**cfg, "results_dir": str(tmp_path)}, tmp_path / "index.md")
+    moved = {**cfg, "results_dir": str(tmp_path)}
+    build_report(moved, L.report_inputs(moved), tmp_path / "index.md")
     index = (tmp_path / "index.md").read_text()
     assert "## Warnings" not in index and NOT_TRAINED not in index
 

@@ -19,7 +19,11 @@ import torch
 
 from pspo.errors import PSPOError
 from pspo.io import read_jsonl, write_jsonl_atomic
-from pspo.train import CSV_COLUMNS, GPU_MESSAGE, latest_checkpoint, main, run_training
+from pspo.checkpoints import latest_checkpoint
+from pspo.cli import run as pspo
+from pspo.device import GPU_MESSAGE
+from pspo.train import run_training
+from pspo.train_log import CSV_COLUMNS
 
 N_STEPS = 5
 # mu = 2, one micro-batch per step: steps 1, 3, 5 generate; 2 and 4 reuse. A checkpoint every step, the last 2 kept.
@@ -97,7 +101,8 @@ def _crash_on_log_at(step: int):
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, train_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    ref = _kw(root / "ref", tiny_model_dir, train_file)
+    # keeps its checkpoints (the schema's default deletes them): a later test resumes from a copy of them
+    ref = _kw(root / "ref", tiny_model_dir, train_file, keep_checkpoints_after_training=True)
     ref_summary = run_training(**ref)
     crashed = _kw(root / "crashed", tiny_model_dir, train_file)
     with pytest.raises(_Crash):
@@ -300,4 +305,4 @@ def test_cli(tiny_model_dir, train_file, tmp_path, capsys):
     assert cli_main(argv[:-2] + ["{not json"]) == 2
     assert "--grpo-settings: malformed JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--objective", "ppo"])
+        pspo(["train", "--objective", "ppo"])

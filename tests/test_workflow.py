@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pspo import config as C
+from pspo import layout as L
 
 from conftest import REPO
 
@@ -43,15 +44,15 @@ def ci_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
 
 def test_every_table_and_figure_exists_and_is_non_empty(ci_run):
     results, cfg = ci_run
-    for name in C.table_names(cfg):
+    for name in L.table_names(cfg):
         for ext in ("csv", "md", "tex"):
             path = results / "report" / "tables" / f"{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 0, path
-    for name in C.figure_names(cfg):
+    for name in L.figure_names(cfg):
         for ext in ("png", "pdf"):
             path = results / "report" / "figures" / f"{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 1000, path
-    assert (results / "index.md").read_text().count("report/tables/") >= len(C.table_names(cfg))
+    assert (results / "index.md").read_text().count("report/tables/") >= len(L.table_names(cfg))
 
 
 def test_main_table_has_every_method_and_benchmark(ci_run):

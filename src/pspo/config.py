@@ -1,13 +1,16 @@
 """The workflow config: JSON-schema validation with defaults, one-line errors, and the job grid it implies.
 
 The Snakefile calls :func:`load_config` once; rules only ask this module which jobs exist and what settings a
-job gets, so the grid logic is plain Python that tests can call without Snakemake.
+job gets, so the grid logic is plain Python that tests can call without Snakemake. (Over 300 lines on purpose:
+the schema checks, the grid they make valid and the per-rule settings it hands out are one contract; where each
+job's files go is ``pspo.layout``.)
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +20,28 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pspo.errors import PSPOError
+from pspo.layout import BASE, EVAL_STEM, TAG, TAG_RE  # noqa: F401 - TAG_RE parses the tags this grid makes
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
-BASE = "base"  # the tag of the untrained model in evaluation paths
-# A tag names one evaluated model: "base" or "<run id>_seed<seed>".
-TAG_RE = re.compile(r"^(?P<run_id>.+)_seed(?P<seed>\d+)$")
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    return yaml.safe_load(Path(schema_path).read_text())
+
+
+def schema_default(*keys: str) -> Any:
+    """The schema's default of a config key (``schema_default("training", "keep_checkpoints")``): the one place a
+    default is defined, read by the package functions that have the same setting."""
+    node = _schema()
+    for key in keys:
+        node = node["properties"][key]
+    return copy.deepcopy(node["default"])
+
+
+def default_alpha() -> float:
+    """PSPO's smoothing alpha when none is given: the schema's ``main_alpha`` default."""
+    return float(schema_default("main_alpha"))
 
 
 def _extend_with_defaults(validator_class):
@@ -109,7 +129,7 @@ def _coerce_command_line_strings(config: dict, validator) -> None:
 
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Return a validated deep copy of ``config`` with every default filled in; raise PSPOError on the first problem."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = copy.deepcopy(_schema(schema_path))
     config = copy.deepcopy(config) if config is not None else {}
     validator = _DefaultFillingValidator(schema)
     # Fill defaults for $ref'd sub-objects (resources) that the generic recipe cannot see through $ref.
@@ -216,7 +236,10 @@ class TrainJob:
 
     @property
     def tag(self) -> str:
-        return f"{self.run_id}_seed{self.seed}"
+        return TAG.format(run_id=self.run_id, seed=self.seed)
+
+    def objective(self, cfg: dict) -> str:
+        return cfg["runs"][self.run]["objective"]
 
 
 def model_runs(cfg: dict, model: str) -> list[str]:
@@ -248,15 +271,13 @@ def find_train_job(cfg: dict, model: str, run_id_: str, seed: int) -> TrainJob:
 
 
 def grpo_settings(cfg: dict, job: TrainJob) -> dict[str, Any]:
-    """PSPOConfig keyword arguments of one job: shared training.grpo < runs.<run>.grpo < models.<m>.hyperparameters.<run>."""
-    run = cfg["runs"][job.run]
+    """The GRPO fields of one job: shared training.grpo < runs.<run>.grpo < models.<m>.hyperparameters.<run>.
+
+    Only GRPOConfig fields: the job's objective, alpha and seed are its own (``job.objective(cfg)``, ``job.alpha``,
+    ``job.seed``), and the schema refuses them here (MANAGED_GRPO_KEYS)."""
     settings = dict(cfg["training"]["grpo"])
-    settings.update(run["grpo"])
+    settings.update(cfg["runs"][job.run]["grpo"])
     settings.update(cfg["models"][job.model]["hyperparameters"].get(job.run, {}))
-    settings["objective"] = run["objective"]
-    settings["seed"] = job.seed
-    if job.alpha is not None:
-        settings["smoothing_alpha"] = job.alpha
     return settings
 
 
@@ -275,7 +296,7 @@ class EvalJob:
 
     @property
     def stem(self) -> str:
-        return f"{self.benchmark}_T{self.temperature:g}_n{self.n_samples}"
+        return EVAL_STEM.format(benchmark=self.benchmark, temperature=f"{self.temperature:g}", n=self.n_samples)
 
 
 def eval_jobs(cfg: dict) -> list[EvalJob]:
@@ -316,32 +337,14 @@ def eval_data_settings(cfg: dict, benchmark: str) -> dict:
             "limit": d["eval_limits"].get(benchmark, d["eval_limit"]), "seed": d["eval_seed"]}
 
 
+def report_settings(cfg: dict) -> dict:
+    """The config sections the report reads (the job grid, labels, GRPO settings for the hyperparameter table)."""
+    keys = ("results_dir", "description", "models", "runs", "alphas", "main_alpha", "seeds", "evaluation")
+    return {**{k: cfg[k] for k in keys}, "training": {"grpo": cfg["training"]["grpo"]}}
+
+
 def generation_settings(cfg: dict, temperature: float, n_samples: int) -> dict:
     ev = cfg["evaluation"]
     out = {k: ev[k] for k in ("max_new_tokens", "backend", "dtype", "batch_size")}
     out.update(temperature=temperature, n_samples=n_samples, top_p=ev["sampled"]["top_p"] if temperature > 0 else 1.0)
     return out
-
-
-# --- the report's layout (here, not in pspo.report, so the Snakefile does not import pandas to plan the DAG) ------
-
-FIGURES = ("figure1_surrogate", "training_curves", "accuracy")
-
-
-def table_names(cfg: dict) -> list[str]:
-    from pspo import control
-
-    names = ["hyperparameters"] + [f"main_{m}" for m in cfg["models"]]
-    names += ["alpha_ablation", "response_quality", "reported_vs_reproduced", "provenance"]
-    if cfg["evaluation"]["sampled"]["runs"] and cfg["evaluation"]["sampled"]["temperatures"]:
-        names.append("sampling")
-    if control.control_pairs(cfg):
-        names.append(control.CONTROL_TABLE)
-    return names
-
-
-def figure_names(cfg: dict) -> list[str]:
-    """FIGURES, plus GR-PSPO against its control where the grid trains both."""
-    from pspo import control
-
-    return list(FIGURES) + ([control.CONTROL_FIGURE] if control.control_pairs(cfg) else [])

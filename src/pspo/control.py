@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pspo import config as pspo_config
-
-CONTROL_TABLE = "pspo_vs_control"
-CONTROL_FIGURE = "pspo_vs_control"
+from pspo.layout import CONTROL_FIGURE, CONTROL_TABLE  # noqa: F401 - the report's names for this comparison
 
 
 def control_run(cfg: dict, model: str) -> str | None:
@@ -46,10 +44,6 @@ def control_pairs(cfg: dict) -> list[tuple[pspo_config.TrainJob, pspo_config.Tra
             if job.model == model and cfg["runs"][job.run]["objective"] == "pspo":
                 pairs.append((job, pspo_config.TrainJob(model, control, None, job.seed)))
     return pairs
-
-
-def distance_path(results_dir: str, job: pspo_config.TrainJob) -> str:
-    return f"{results_dir}/control/{job.model}/{job.tag}.json"
 
 
 def load_weights(model_dir: str | os.PathLike) -> dict:
@@ -125,15 +119,17 @@ def _run_log(logs, job: pspo_config.TrainJob):
     return logs[(logs.model == job.model) & (logs.run_id == job.run_id) & (logs.seed == job.seed)]
 
 
-def table_control(cfg: dict, pairs: Sequence, logs) -> "pd.DataFrame":  # noqa: F821 - pandas is imported lazily
-    """One row per (model, alpha, seed) of :func:`control_pairs`: weight drift and reward agreement."""
+def table_control(cfg: dict, pairs: Sequence, logs, distance_files: Sequence[str]) -> "pd.DataFrame":  # noqa: F821
+    """One row per (model, alpha, seed) of :func:`control_pairs`: weight drift (from ``distance_files``, one per
+    pair, in order) and reward agreement. (pandas is imported lazily: the Snakefile imports this module.)"""
     import pandas as pd
 
     from pspo.io import read_json
+    from pspo.report.collect import paired
 
     rows = []
-    for job, control in pairs:
-        d = read_json(distance_path(cfg["results_dir"], job))
+    for (job, control), path in paired(list(pairs), distance_files, "weight distance"):
+        d = read_json(path)
         rows.append({"model": job.model, "alpha": job.alpha, "seed": job.seed, "control": control.run_id,
                      "dist_pspo_control": d["pspo_control"], "dist_pspo_base": d["pspo_base"],
                      "dist_control_base": d["control_base"], "drift_ratio": d["drift_ratio"],
@@ -141,7 +137,7 @@ def table_control(cfg: dict, pairs: Sequence, logs) -> "pd.DataFrame":  # noqa: 
     return pd.DataFrame(rows)
 
 
-def figure_control(cfg: dict, pairs: Sequence, logs, table, stem: Path) -> None:
+def figure_control(cfg: dict, pairs: Sequence, logs, table, paths: Sequence[str]) -> None:
     """Left: reward per step of GR-PSPO (main alpha) and its control, per seed. Right: the three distances."""
     import matplotlib
 
@@ -149,7 +145,7 @@ def figure_control(cfg: dict, pairs: Sequence, logs, table, stem: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from pspo.report import _save
+    from pspo.report.figures import save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     for k, (job, control) in enumerate(p for p in pairs if p[0].alpha == cfg["main_alpha"]):
@@ -175,9 +171,9 @@ def figure_control(cfg: dict, pairs: Sequence, logs, table, stem: Path) -> None:
     right.set_title("weight distances of the final models")
     right.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, stem)
+    save_figure(fig, paths)
     plt.close(fig)
 
 
-__all__ = ["load_weights", "distances", "control_run", "control_pairs", "distance_path", "weight_distances", "reward_agreement",
+__all__ = ["load_weights", "distances", "control_run", "control_pairs", "weight_distances", "reward_agreement",
            "write_distances", "table_control", "figure_control", "CONTROL_TABLE", "CONTROL_FIGURE"]

@@ -1,6 +1,7 @@
 """Benchmark data: load (local JSONL or the public hub datasets), select evaluation subsets, split GSM8K train.
 
-Every row has the shared schema of ``shared/data/README.md``: ``id``, ``question``, ``answer`` (normalised gold),
+Which benchmarks exist, and each one's file, hub dataset and subsets, is ``pspo.benchmarks``. Every row has the
+shared schema of ``shared/data/README.md``: ``id``, ``question``, ``answer`` (normalised gold),
 ``solution`` (or None) and ``meta``.
 
 * ``load_benchmark(name, source="local")`` reads ``<data_dir>/<file>.jsonl``; ``source="hub"`` loads the public
@@ -16,46 +17,20 @@ Every row has the shared schema of ``shared/data/README.md``: ``id``, ``question
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+# The registry (pspo.benchmarks) names each benchmark's file, hub dataset and subsets; the names are re-exported.
+from pspo.benchmarks import BENCHMARKS, GENERATED, PAPER_BENCHMARKS, REGISTRY, TRAIN_SETS, canonical  # noqa: F401
 from pspo.errors import PSPOError
+from pspo.hub import load_hub, normalize_asdiv_answer, normalize_hub_records  # noqa: F401 - re-exported
 
-PAPER_BENCHMARKS = ("gsm8k", "svamp", "asdiv", "math500")
-# `arith` is the held-out set of the CPU stand-in task (pspo.arith), generated in code; not a paper benchmark.
-BENCHMARKS = PAPER_BENCHMARKS + ("arith",)
-GENERATED = ("arith", "arith_train")  # made by pspo.arith on every machine: no file, no hub
-TRAIN_SETS = {"gsm8k": "gsm8k_train", "arith": "arith_train"}  # config data.train_set -> the pool it splits
-FILES = {
-    "gsm8k": "gsm8k_test.jsonl",
-    "gsm8k_train": "gsm8k_train.jsonl",
-    "svamp": "svamp.jsonl",
-    "asdiv": "asdiv.jsonl",
-    "math500": "math500.jsonl",
-}
-LOADABLE = tuple(FILES) + GENERATED
-SUBSETS = {
-    "arith": ("all",),
-    "arith_train": ("all",),
-    "gsm8k": ("all",),
-    "gsm8k_train": ("all",),
-    "svamp": ("all", "300"),
-    "asdiv": ("all", "numeric", "pal2096"),
-    "math500": ("all",),
-}
-# name -> (hub repo, config, splits in the order they are concatenated)
-HUB_DATASETS = {
-    "gsm8k": ("openai/gsm8k", "main", ("test",)),
-    "gsm8k_train": ("openai/gsm8k", "main", ("train",)),
-    "svamp": ("ChilleD/SVAMP", None, ("train", "test")),
-    "asdiv": ("EleutherAI/asdiv", None, ("validation",)),
-    "math500": ("HuggingFaceH4/MATH-500", None, ("test",)),
-}
+FILES = {n: b.file for n, b in REGISTRY.items() if b.file is not None}
+SUBSETS = {n: b.subsets for n, b in REGISTRY.items()}
+HUB_DATASETS = {n: b.hub for n, b in REGISTRY.items() if b.hub is not None}
 REQUIRED_KEYS = ("id", "question", "answer", "solution", "meta")
 SVAMP_300_SIZE = 300
 GSM8K_TRAIN_SIZE = 7000
@@ -68,14 +43,6 @@ _FIX = (
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _check_name(name: str, valid: Sequence[str] = LOADABLE) -> str:
-    if name == "gsm8k_test":
-        return "gsm8k"
-    if name not in valid:
-        raise PSPOError(f"unknown benchmark {name!r}; valid: {', '.join(valid)}")
-    return name
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """``data_dir``, else $PSPO_DATA_DIR, else ``shared/data`` next to this checkout (if it exists)."""
     if data_dir is not None:
@@ -101,7 +68,7 @@ def resolve_source(source: str, data_dir: str | os.PathLike | None = None) -> tu
 
 def data_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The local JSONL path of a benchmark; PSPOError naming the file, the directory and the fix if missing."""
-    name = _check_name(name)
+    name = canonical(name)
     directory = resolve_data_dir(data_dir)
     path = directory / FILES[name]
     if not path.is_file():
@@ -133,7 +100,7 @@ def load_benchmark(
     """Rows of ``name`` (gsm8k = GSM8K test, gsm8k_train, svamp, asdiv, math500) in the shared schema."""
     from pspo.io import read_jsonl
 
-    name = _check_name(name)
+    name = canonical(name)
     if name in GENERATED:
         from pspo import arith
 
@@ -144,138 +111,6 @@ def load_benchmark(
     if source == "hub":
         return _validate_rows(load_hub(name, revision=revision), f"hub:{HUB_DATASETS[name][0]}")
     raise PSPOError(f"unknown data source {source!r}; valid: local, hub")
-
-
-def load_hub(name: str, *, revision: str | None = None) -> list[dict]:
-    """Load the public hub dataset for ``name`` with ``datasets.load_dataset`` and normalise it (needs internet)."""
-    name = _check_name(name)
-    repo, config, splits = HUB_DATASETS[name]
-    try:
-        from datasets import load_dataset
-
-        loaded = {s: load_dataset(repo, config, split=s, revision=revision) for s in splits}
-    except Exception as e:  # network, auth, renamed dataset: one line with the fix
-        raise PSPOError(
-            f"could not load {repo}{'/' + config if config else ''} from the hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); check the network, or use source local with `data.dir`"
-        ) from None
-    rows: list[dict] = []
-    for split in splits:
-        rows += normalize_hub_records(name, list(loaded[split]), split=split)
-    if name == "svamp":  # ChilleD's train/test are shuffled; restore the source order chal-1 .. chal-1000
-        rows.sort(key=lambda r: _svamp_key(r["id"]))
-    return rows
-
-
-def _svamp_key(row_id: str) -> tuple:
-    m = re.search(r"(\d+)$", row_id)
-    return (0, int(m.group(1))) if m else (1, row_id)
-
-
-# ---------------------------------------------------------------------------------------------- hub normalisers
-def _num_str(x: Any) -> str:
-    """A numeric value in integer form if integral (51.0 -> "51"), else its shortest decimal form."""
-    if isinstance(x, str):
-        x = float(x.replace(",", ""))
-    if isinstance(x, float) and x.is_integer():
-        return str(int(x))
-    return str(x)
-
-
-_NUMERIC_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
-_UNIT_RE = re.compile(r"^(.*?)\s*\((.*)\)\s*$")
-_FRACTION_RE = re.compile(r"^(-)?\s*\(?\s*(-?\d+)\s*/\s*(\d+)\s*\)?$")
-
-
-def normalize_asdiv_answer(raw: str, solution_type: str | None = None) -> dict:
-    """ASDiv's answer string (``9 (apples)``) -> answer, answer_type, answer_unit, answer_value, single_numeric."""
-    parts = [p.strip() for p in raw.split(";")] if ";" in raw else [raw.strip()]
-    values, units = [], []
-    for part in parts:
-        m = _UNIT_RE.match(part)
-        value, unit = (m.group(1).strip(), m.group(2).strip()) if m else (part, None)
-        if not _NUMERIC_RE.match(value):
-            values = None
-            break
-        values.append(_num_str(float(value)) if "." in value else str(int(value)))
-        units.append(unit)
-    if values is not None and len(values) > 1:
-        return {"answer": "; ".join(values), "answer_type": "multi_number", "answer_unit": units, "answer_value": None}
-    if values is not None:
-        return {"answer": values[0], "answer_type": "number", "answer_unit": units[0], "answer_value": float(values[0])}
-    f = _FRACTION_RE.match(raw.strip())
-    if f:
-        sign = "-" if (f.group(1) or "").strip() or f.group(2).startswith("-") else ""
-        num, den = f.group(2).lstrip("-"), f.group(3)
-        return {"answer": f"{sign}{num}/{den}", "answer_type": "fraction", "answer_unit": None,
-                "answer_value": (-1 if sign else 1) * int(num) / int(den)}
-    if ":" in raw and (solution_type or "").lower() == "ratio":
-        kind = "ratio"
-    elif re.match(r"^\d{1,2}:\d{2}", raw.strip()):
-        kind = "time"
-    else:
-        kind = "text"
-    return {"answer": raw.strip(), "answer_type": kind, "answer_unit": None, "answer_value": None}
-
-
-def normalize_hub_records(name: str, records: Iterable[dict], *, split: str | None = None) -> list[dict]:
-    """Hub rows of one split -> the shared schema. Pure function (unit-tested on hand-made records).
-
-    * openai/gsm8k (main): {question, answer="...#### 72"} -> id gsm8k_<split>/<index>, answer after ``####``
-      without commas, solution = the hub ``answer``.
-    * ChilleD/SVAMP: {ID, Body, Question, Equation, Answer, Type, question_concat} -> id svamp/<ID>,
-      question = Body.strip() + " " + Question.strip(); ``meta.hub_split`` records train/test.
-    * EleutherAI/asdiv: {body, question, solution_type, answer="9 (apples)", formula} -> id
-      asdiv/nluds-<index+1:04d> (the hub rows follow ASDiv.xml order); PAL-2096 flags are unknown (None).
-    * HuggingFaceH4/MATH-500: {problem, solution, answer, subject, level, unique_id} -> id math500/<unique_id>.
-    """
-    name = _check_name(name)
-    out = []
-    for i, rec in enumerate(records):
-        try:
-            out.append(_normalize_one(name, i, rec, split))
-        except (KeyError, ValueError, TypeError) as e:
-            raise PSPOError(
-                f"hub {name} record {i}: unexpected shape ({type(e).__name__}: {e}); keys: {sorted(rec)}"
-            ) from None
-    return out
-
-
-def _normalize_one(name: str, i: int, rec: dict, split: str | None) -> dict:
-    if name in ("gsm8k", "gsm8k_train"):
-        split = split or ("train" if name == "gsm8k_train" else "test")
-        raw = rec["answer"].split("####")[-1].strip()
-        if "####" not in rec["answer"]:
-            raise ValueError("no '####' in answer")
-        return {"id": f"gsm8k_{split}/{i}", "question": rec["question"], "answer": raw.replace(",", ""),
-                "solution": rec["answer"], "meta": {"split": split, "index": i, "answer_raw": raw}}
-    if name == "svamp":
-        body, question = rec["Body"], rec["Question"]
-        answer_raw = float(rec["Answer"])
-        return {
-            "id": f"svamp/{rec['ID']}", "question": body.strip() + " " + question.strip(),
-            "answer": _num_str(answer_raw), "solution": None,
-            "meta": {"source_id": rec["ID"], "body": body, "question": question, "equation": rec.get("Equation"),
-                     "answer_raw": answer_raw, "type": rec.get("Type"), "hub_split": split},
-        }
-    if name == "asdiv":
-        body, question = rec["body"], rec["question"]
-        norm = normalize_asdiv_answer(rec["answer"], rec.get("solution_type"))
-        source_id = f"nluds-{i + 1:04d}"
-        return {
-            "id": f"asdiv/{source_id}", "question": body.strip() + " " + question.strip(),
-            "answer": norm["answer"], "solution": None,
-            "meta": {"source_id": source_id, "body": body, "question": question,
-                     "solution_type": rec.get("solution_type"), "formula": rec.get("formula"),
-                     "answer_raw": rec["answer"], **{k: v for k, v in norm.items() if k != "answer"},
-                     "single_numeric": norm["answer_type"] == "number", "in_pal2096": None, "pal_target": None,
-                     "hub_split": split},
-        }
-    if name == "math500":
-        return {"id": f"math500/{rec['unique_id']}", "question": rec["problem"], "answer": rec["answer"],
-                "solution": rec["solution"],
-                "meta": {"subject": rec.get("subject"), "level": rec.get("level"), "unique_id": rec["unique_id"]}}
-    raise ValueError(f"no normaliser for {name}")
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -295,7 +130,7 @@ def select_eval_rows(
     * ``limit``: ``random.Random(seed).sample`` of that many row positions, returned in the original order.
     Rows are returned as new lists; rows are not copied unless changed (pal2096).
     """
-    name = _check_name(name)
+    name = canonical(name)
     if subset not in SUBSETS[name]:
         raise PSPOError(f"unknown subset {subset!r} for {name}; valid: {', '.join(SUBSETS[name])}")
     rows = list(rows)
@@ -359,7 +194,7 @@ def split_train_val(
     return train, val
 
 
-# ---------------------------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------------------- writing (the workflow's data rules)
 def _ids_sha256(rows: Sequence[dict]) -> str:
     return hashlib.sha256("\n".join(r["id"] for r in rows).encode()).hexdigest()
 
@@ -416,7 +251,7 @@ def write_eval_rows(*, out: str | os.PathLike, benchmark: str, source: str = "lo
                     dir: str | os.PathLike | None = None, subset: str = "all", limit: int | None = None,
                     seed: int = 0) -> None:
     """The evaluated rows of one benchmark (subset, then a seeded ``limit``), with a record of every choice."""
-    _check_name(benchmark, BENCHMARKS)
+    canonical(benchmark, BENCHMARKS)
     rows = load_benchmark(benchmark, source=source, data_dir=dir)
     selected = select_eval_rows(benchmark, rows, subset=subset, limit=limit, seed=seed)
     record, files = _input_record(benchmark, source, dir)
@@ -424,51 +259,8 @@ def write_eval_rows(*, out: str | os.PathLike, benchmark: str, source: str = "lo
                            "input_rows": len(rows)}, files)
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="pspo prepare-data",
-        description="Write the GSM8K train/validation split and the evaluation sets as JSONL "
-        "(each with a <name>.meta.json recording every choice).",
-    )
-    ap.add_argument("--out-dir", type=Path, required=True)
-    ap.add_argument("--source", choices=("auto", "local", "hub"), default="auto",
-                    help="auto: the local --data-dir (or $PSPO_DATA_DIR) when it exists, else the hub")
-    ap.add_argument("--data-dir", type=Path, default=None, help="local benchmark JSONL directory (source local)")
-    ap.add_argument("--seed", type=int, default=0, help="train/val shuffle seed (the paper uses the run seed)")
-    ap.add_argument("--train-size", type=int, default=GSM8K_TRAIN_SIZE)
-    ap.add_argument("--val-size", type=int, default=None, help="default: all remaining rows (473); 472 = authors'")
-    ap.add_argument("--train-limit", type=int, default=None, help="keep the first N shuffled training rows")
-    ap.add_argument("--no-train", action="store_true", help="skip the train/val split")
-    ap.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS),
-                    help=f"comma-separated evaluation sets from {', '.join(BENCHMARKS)} ('' for none)")
-    ap.add_argument("--train-set", choices=tuple(TRAIN_SETS), default="gsm8k",
-                    help="gsm8k, or arith (the CPU stand-in task, pspo.arith)")
-    ap.add_argument("--asdiv-subset", default="all", choices=SUBSETS["asdiv"])
-    ap.add_argument("--svamp-subset", default="all", choices=SUBSETS["svamp"])
-    ap.add_argument("--limit", type=int, default=None, help="seeded random subset of each evaluation set")
-    ap.add_argument("--limit-seed", type=int, default=0)
-    args = ap.parse_args(list(argv) if argv is not None else None)
-
-    args.source, data_dir = resolve_source(args.source, args.data_dir)
-    args.data_dir = None if data_dir is None else Path(data_dir)
-    benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    for b in benches:
-        _check_name(b, BENCHMARKS)
-    if args.no_train and not benches:
-        raise PSPOError("nothing to do: --no-train and no --benchmarks")
-    if not args.no_train:
-        write_train_split(seed=args.seed, out_train=args.out_dir / "train.jsonl", out_val=args.out_dir / "val.jsonl",
-                          source=args.source, dir=args.data_dir, train_size=args.train_size, val_size=args.val_size,
-                          train_limit=args.train_limit, train_set=args.train_set)
-    for b in benches:
-        write_eval_rows(out=args.out_dir / f"{b}.jsonl", benchmark=b, source=args.source, dir=args.data_dir,
-                        subset={"asdiv": args.asdiv_subset, "svamp": args.svamp_subset}.get(b, "all"),
-                        limit=args.limit, seed=args.limit_seed)
-    return 0
-
-
 __all__ = [
     "BENCHMARKS", "FILES", "SUBSETS", "HUB_DATASETS", "load_benchmark", "load_hub", "normalize_hub_records",
     "normalize_asdiv_answer", "select_eval_rows", "select_ids", "split_train_val", "resolve_data_dir", "data_file",
-    "write_train_split", "write_eval_rows", "main", "resolve_source", "PAPER_BENCHMARKS", "TRAIN_SETS", "GENERATED",
+    "write_train_split", "write_eval_rows", "resolve_source", "PAPER_BENCHMARKS", "TRAIN_SETS", "GENERATED",
 ]

@@ -1,5 +1,9 @@
 """Answer extraction and grading for GSM8K, SVAMP, ASDiv (numeric) and MATH-500 (Math-Verify).
 
+(Over 300 lines on purpose: extraction and the grading rules that read its result are one set of rules, read top to
+bottom beside this docstring; split, a rule change would touch two files. Which rule a benchmark uses is
+``pspo.benchmarks``' ``grader``.)
+
 Extraction (``extract_answer``), in this order:
 
 1. the last ``#### <number>`` line (exactly four ``#``; ``#####`` is a markdown header), else the last ``####``
@@ -41,7 +45,6 @@ workers, see ``grade_many``) and off, with a one-time warning, in other threads.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import re
@@ -51,14 +54,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from pspo.errors import PSPOError
+from pspo import benchmarks
 
 log = logging.getLogger(__name__)
 
-GRADED_BENCHMARKS = ("gsm8k", "gsm8k_train", "svamp", "asdiv", "math500", "arith", "arith_train")
+GRADED_BENCHMARKS = benchmarks.LOADABLE  # every benchmark has a grading rule (pspo.benchmarks: ``grader``)
 MATH_TIMEOUT_SECONDS = 5
 
 # ---------------------------------------------------------------------------------------------- number tokens
@@ -397,13 +399,10 @@ def grade_math(completion: str, gold: str, *, timeout: int | None = MATH_TIMEOUT
 # ---------------------------------------------------------------------------------------------- dispatch
 def grade(benchmark: str, completion: str, gold: str) -> Grade:
     """Grade one completion with the benchmark's rule (see the module docstring)."""
-    if benchmark in ("gsm8k", "gsm8k_train", "gsm8k_test", "svamp", "arith", "arith_train"):
-        return grade_numeric(completion, gold)
-    if benchmark == "asdiv":
-        return grade_numeric(completion, gold, rounded_gold=True)
-    if benchmark == "math500":
+    grader = benchmarks.get(benchmark).grader
+    if grader == "math":
         return grade_math(completion, gold)
-    raise PSPOError(f"unknown benchmark {benchmark!r}; valid: {', '.join(GRADED_BENCHMARKS)}")
+    return grade_numeric(completion, gold, rounded_gold=grader == "rounded")
 
 
 def _grade_star(args: tuple[str, str, str]) -> Grade:
@@ -416,14 +415,13 @@ def grade_many(
     """Grade many completions; ``workers > 1`` uses a process pool (Math-Verify timeouts stay active there)."""
     if len(completions) != len(golds):
         raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
-    if benchmark not in GRADED_BENCHMARKS and benchmark != "gsm8k_test":
-        raise PSPOError(f"unknown benchmark {benchmark!r}; valid: {', '.join(GRADED_BENCHMARKS)}")
+    benchmarks.canonical(benchmark)
     jobs = [(benchmark, c, g) for c, g in zip(completions, golds)]
     if workers <= 1 or len(jobs) < 2 * chunksize:
         return [_grade_star(j) for j in jobs]
     import multiprocessing
 
-    if benchmark == "math500":  # import once in the parent so forked workers inherit it
+    if benchmarks.get(benchmark).grader == "math":  # import once in the parent so forked workers inherit it
         import math_verify  # noqa: F401
 
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -431,75 +429,7 @@ def grade_many(
         return list(pool.map(_grade_star, jobs, chunksize=chunksize))
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-def _completion_text(value) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # conversational: [{"role": "assistant", "content": ...}]
-        return "".join(m.get("content", "") for m in value if isinstance(m, dict))
-    if isinstance(value, dict):
-        return str(value.get("content", ""))
-    return "" if value is None else str(value)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    from pspo import data as pdata
-    from pspo.io import read_jsonl, write_jsonl_atomic
-
-    ap = argparse.ArgumentParser(
-        prog="pspo grade",
-        description="Re-grade a JSONL of {id, completion} rows against a benchmark's gold answers; "
-        "prints the accuracy as the last line.",
-    )
-    ap.add_argument("benchmark", help=f"one of: {', '.join(pdata.BENCHMARKS)}")
-    ap.add_argument("file", type=Path, help="JSONL with 'id' and 'completion' per row")
-    ap.add_argument("--data-dir", type=Path, default=None, help="directory with the benchmark JSONL files")
-    ap.add_argument("--source", choices=("local", "hub"), default="local")
-    ap.add_argument("--subset", default="all", help="gold subset (asdiv: all|numeric|pal2096, svamp: all|300)")
-    ap.add_argument("--out", type=Path, default=None, help="write graded rows here (JSONL)")
-    ap.add_argument("--workers", type=int, default=1, help="grading processes (useful for math500)")
-    args = ap.parse_args(list(argv) if argv is not None else None)
-
-    if args.benchmark not in pdata.BENCHMARKS:
-        raise PSPOError(f"unknown benchmark {args.benchmark!r}; valid: {', '.join(pdata.BENCHMARKS)}")
-    rows = pdata.load_benchmark(args.benchmark, source=args.source, data_dir=args.data_dir)
-    rows = pdata.select_eval_rows(args.benchmark, rows, subset=args.subset)
-    gold_by_id = {r["id"]: r["answer"] for r in rows}
-
-    inputs = read_jsonl(args.file)
-    if not inputs:
-        raise PSPOError(f"{args.file}: no rows to grade")
-    for lineno, row in enumerate(inputs, start=1):
-        if "id" not in row or "completion" not in row:
-            raise PSPOError(f"{args.file}: row {lineno} needs keys 'id' and 'completion' (has {sorted(row)})")
-    unknown = [r["id"] for r in inputs if r["id"] not in gold_by_id]
-    if unknown:
-        some = ", ".join(list(gold_by_id)[:3])
-        raise PSPOError(
-            f"{args.file}: {len(unknown)} id(s) not in {args.benchmark} (subset {args.subset}), first {unknown[0]!r}; "
-            f"valid ids look like {some}, ... ({len(gold_by_id)} ids)"
-        )
-    completions = [_completion_text(r["completion"]) for r in inputs]
-    golds = [gold_by_id[r["id"]] for r in inputs]
-    grades = grade_many(args.benchmark, completions, golds, workers=args.workers)
-    if args.out is not None:
-        write_jsonl_atomic(
-            args.out,
-            (
-                {"id": r["id"], "completion": c, "extracted": g.extracted, "gold": gold, "correct": g.correct,
-                 "formatted": g.formatted}
-                for r, c, gold, g in zip(inputs, completions, golds, grades)
-            ),
-        )
-        print(f"wrote {len(grades)} graded rows to {args.out}")
-    n_correct = sum(g.correct for g in grades)
-    n_fmt = sum(g.formatted for g in grades)
-    print(f"formatted: {n_fmt}/{len(grades)} = {n_fmt / len(grades):.4f}")
-    print(f"accuracy: {n_correct}/{len(grades)} = {n_correct / len(grades):.4f}")
-    return 0
-
-
 __all__ = [
     "Grade", "extract_answer", "find_numbers", "to_number", "is_formatted", "numbers_equal", "grade_numeric",
-    "grade_gsm8k", "grade_math", "grade", "grade_many", "main",
+    "grade_gsm8k", "grade_math", "grade", "grade_many",
 ]

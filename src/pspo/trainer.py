@@ -30,6 +30,9 @@ replaced by ``self.per_token_loss(...)`` and only the DAPO aggregation is kept. 
 dropped code (sequence-level ratios, two-sided ``delta`` clipping, the entropy bonus) are refused by
 :class:`PSPOConfig`. tests/test_trainer.py checks that ``objective="clip"`` reproduces TRL's own
 ``loss_type="dapo"`` loss and gradient, so a TRL upgrade that changes the shared parts fails loudly.
+
+(Over 300 lines on purpose: the trimmed copy of TRL's ``_compute_loss`` must stay whole to be diffed against TRL's,
+and the config checks, the logged statistics and the exact-resume hooks all guard that one loop.)
 """
 
 from __future__ import annotations
@@ -55,7 +58,6 @@ if trl.__version__ != TRL_VERSION:  # pragma: no cover - depends on the environm
     )
 
 OBJECTIVES = objectives.OBJECTIVES
-DEFAULT_SMOOTHING_ALPHA = 0.1
 # GRPOConfig defaults of the hyperparameters that belong to one objective only: leaving them at these values is
 # always allowed; changing them for another objective is a configuration mistake and is refused.
 _GRPO_DEFAULTS = {"epsilon": 0.2, "epsilon_high": None, "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}
@@ -93,7 +95,7 @@ class PSPOConfig(GRPOConfig):
 
     Objective-specific hyperparameters reuse GRPOConfig's fields: ``epsilon`` / ``epsilon_high`` (clip),
     ``sapo_temperature_pos`` / ``sapo_temperature_neg`` (sigmoid), and the new ``smoothing_alpha`` (pspo;
-    default 0.1). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all
+    default :func:`pspo.config.default_alpha`, the config schema's ``main_alpha``). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all
     completion tokens of the global batch) so that the four objectives differ only in the ratio transform.
     The paper's "GRPO-noclip" is ``objective="noclip", num_iterations=1``; the control "GRPO-noclip-mu2" is
     ``objective="noclip", num_iterations=2``.
@@ -106,7 +108,7 @@ class PSPOConfig(GRPOConfig):
     )
     smoothing_alpha: float | None = field(
         default=None,
-        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; default 0.1): "
+        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; default: the config schema's main_alpha): "
                           "r~ = (1 - alpha) r + alpha."},
     )
 
@@ -167,7 +169,9 @@ class PSPOConfig(GRPOConfig):
                      f"{self.objective!r}; remove it")
         if self.objective == "pspo":
             if self.smoothing_alpha is None:
-                self.smoothing_alpha = DEFAULT_SMOOTHING_ALPHA
+                from pspo.config import default_alpha
+
+                self.smoothing_alpha = default_alpha()
             if not _is_number(self.smoothing_alpha) or not 0.0 <= self.smoothing_alpha <= 1.0:
                 fail(f"smoothing_alpha must be a number in [0, 1], got {self.smoothing_alpha!r}")
             self.smoothing_alpha = float(self.smoothing_alpha)
@@ -196,17 +200,17 @@ class PSPOTrainer(GRPOTrainer):
     # ---------------------------------------------------------------------------------------------- override point
     def per_token_loss(self, log_ratio: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
         """Negated per-token surrogate for ``log_ratio`` (B, T) and ``advantages`` (B, 1) or (B, T)."""
+        return objectives.objective_loss(self.objective, log_ratio, advantages, **self.objective_hyperparameters())
+
+    def objective_hyperparameters(self) -> dict:
+        """The keyword arguments of the objective's loss (and diagnostic) in :mod:`pspo.objectives`."""
         if self.objective == "clip":
-            return objectives.clip_loss(log_ratio, advantages, self.epsilon_low, self.epsilon_high)
-        if self.objective == "noclip":
-            return objectives.noclip_loss(log_ratio, advantages)
+            return {"epsilon_low": self.epsilon_low, "epsilon_high": self.epsilon_high}
         if self.objective == "sigmoid":
-            return objectives.sigmoid_loss(
-                log_ratio, advantages, self.args.sapo_temperature_pos, self.args.sapo_temperature_neg
-            )
+            return {"tau_pos": self.args.sapo_temperature_pos, "tau_neg": self.args.sapo_temperature_neg}
         if self.objective == "pspo":
-            return objectives.pspo_loss(log_ratio, advantages, self.args.smoothing_alpha)
-        raise PSPOConfigError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+            return {"alpha": self.args.smoothing_alpha}
+        return {}
 
     # ------------------------------------------------------------------------------------------- metrics
     @torch.no_grad()
@@ -218,16 +222,10 @@ class PSPOTrainer(GRPOTrainer):
         mask = mask.to(torch.float64)
         dev = torch.expm1(log_ratio.detach().to(torch.float64))
         sums = [dev * mask, dev.square() * mask]
-        if self.objective == "clip":
-            clipped = ((ratio < 1 - self.epsilon_low) & (advantages < 0)) | (
-                (ratio > 1 + self.epsilon_high) & (advantages > 0))
-            sums.append(clipped.to(ratio.dtype) * mask)
-        elif self.objective == "pspo":
-            sums.append(objectives.smoothed_ratio(log_ratio.detach(), self.args.smoothing_alpha) * mask)
-        elif self.objective == "sigmoid":
-            tau = torch.where(advantages > 0, self.args.sapo_temperature_pos, self.args.sapo_temperature_neg)
-            s = torch.sigmoid(tau * (ratio - 1))
-            sums.append(4 * s * (1 - s) * mask)
+        diagnostic = objectives.DIAGNOSTICS.get(self.objective)  # (name, per-token function) beside the loss
+        if diagnostic is not None:
+            per_token = diagnostic[1](log_ratio.detach(), advantages, **self.objective_hyperparameters())
+            sums.append(per_token * mask)
         local = torch.stack([x.to(torch.float64).sum() for x in sums] + [mask.sum()])
         totals = self.accelerator.reduce(local, reduction="sum")
         n = totals[-1].clamp(min=1.0)
@@ -245,9 +243,7 @@ class PSPOTrainer(GRPOTrainer):
         values = torch.stack([mean, var.sqrt(), extremes[0].to(torch.float64), -extremes[1].to(torch.float64)]
                              + [t / n for t in totals[2:-1]]).tolist()
         names = ["objective/ratio_mean", "objective/ratio_std", "objective/ratio_min", "objective/ratio_max"]
-        extra = {"clip": "objective/clip_fraction", "pspo": "objective/smoothed_ratio_mean",
-                 "sigmoid": "objective/sigmoid_gate_mean"}.get(self.objective)
-        names += [extra] if extra is not None else []
+        names += [f"objective/{diagnostic[0]}"] if diagnostic is not None else []
         for name, value in zip(names, values):
             m[name].append(value)
             if reused:
@@ -407,4 +403,4 @@ class PSPOTrainer(GRPOTrainer):
             self._buffered_inputs = buffered
 
 
-__all__ = ["PSPOConfig", "PSPOTrainer", "PSPOConfigError", "OBJECTIVES", "DEFAULT_SMOOTHING_ALPHA", "TRL_VERSION"]
+__all__ = ["PSPOConfig", "PSPOTrainer", "PSPOConfigError", "OBJECTIVES", "TRL_VERSION"]

@@ -1,6 +1,8 @@
-"""The glue between Snakemake's `script:` directive and the package: logging, threads, one-line errors.
+"""The glue between Snakemake's `script:` directive and the package: logging, thread variables, one-line errors.
 
-Every script in workflow/scripts is ``run_job(snakemake, lambda: <one package call>)``.
+Every script in workflow/scripts is ``run_job(snakemake, lambda: <one package call>)``. The rule's threads go to
+OpenMP and tokenizers through the environment (read when those libraries load); torch's threads and the GPU check
+are ``pspo.device``'s, through the training and evaluation calls.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ def run_job(smk: Any, body: Callable[[], Any]) -> None:
             if log:
                 stack.enter_context(contextlib.redirect_stdout(log))
                 stack.enter_context(contextlib.redirect_stderr(log))
-            _set_torch_threads(threads)
             body()
         if log:
             log.write(f"done in {time.time() - start:.1f} s\n")
@@ -40,22 +41,3 @@ def run_job(smk: Any, body: Callable[[], Any]) -> None:
     finally:
         if log:
             log.close()
-
-
-def _set_torch_threads(threads: int) -> None:
-    """torch reads OMP_NUM_THREADS (set above) when it is imported; only an already imported torch needs telling."""
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-
-
-def ensure_gpu(what: str) -> None:
-    """Fail at once, with the way out, when a GPU-sized job lands on a machine without a GPU."""
-    import torch
-
-    from pspo.errors import PSPOError
-
-    if not torch.cuda.is_available():
-        raise PSPOError(
-            f"{what} is a GPU-sized job and this machine has no GPU: run the CPU grid "
-            "(--configfile config/cpu.yaml) or submit to a cluster with `snakemake --profile slurm`"
-        )

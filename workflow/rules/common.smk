@@ -1,4 +1,5 @@
-# Config validation and the job grid. The grid logic lives in pspo.config so tests can call it without Snakemake.
+# Config validation and the job grid. The grid logic lives in pspo.config and every path in pspo.layout, so tests
+# can call them without Snakemake.
 import os
 import re
 import sys
@@ -14,8 +15,9 @@ os.environ.update(
 )
 
 from pspo import config as pspo_config
-from pspo.config import figure_names, table_names
-from pspo.control import control_pairs, distance_path
+from pspo import layout as L
+from pspo.benchmarks import BENCHMARKS, GENERATED, TRAIN_SETS
+from pspo.control import control_pairs
 from pspo.errors import PSPOError
 
 try:
@@ -25,7 +27,7 @@ try:
 except PSPOError as error:
     sys.exit(f"error: {error}")
 
-from pspo.data import BENCHMARKS, GENERATED, TRAIN_SETS, data_file, resolve_source
+from pspo.data import data_file, resolve_source
 
 # data.source auto becomes local or hub here, once, so every job and record names the source it used.
 CFG["data"]["source"], CFG["data"]["dir"] = resolve_source(
@@ -49,8 +51,12 @@ STACK_ENV = f"../../envs/{CFG['software_env']}.yaml"
 MODELS = list(CFG["models"])
 TRAIN_JOBS = pspo_config.train_jobs(CFG)
 EVAL_JOBS = pspo_config.eval_jobs(CFG)
-BASE = pspo_config.BASE
 CONTROL_PAIRS = control_pairs(CFG)
+
+
+def out(template):
+    """A results-layout template (pspo.layout) under this grid's results_dir, as a wildcard pattern."""
+    return f"{R}/{template}"
 
 
 wildcard_constraints:
@@ -77,18 +83,6 @@ def model_resources(kind):
     return get
 
 
-def train_dir(job):
-    return f"{R}/train/{job.model}/{job.run_id}/seed{job.seed}"
-
-
-def eval_metrics_path(job):
-    return f"{R}/eval/{job.model}/{job.tag}/{job.stem}.metrics.json"
-
-
-def eval_samples_path(job):
-    return f"{R}/eval/{job.model}/{job.tag}/{job.stem}.samples.jsonl"
-
-
 def data_inputs(name):
     """Local JSONL sources are inputs, so editing a data file reruns what depends on it."""
     if CFG["data"]["source"] != "local" or name in GENERATED:
@@ -98,15 +92,12 @@ def data_inputs(name):
 
 def trained_model(path):
     """The trained model directory: a temporary output when training.keep_models is false (CPU grids)."""
-    out = directory(path)
-    return out if CFG["training"]["keep_models"] else temp(out)
+    model_dir = directory(path)
+    return model_dir if CFG["training"]["keep_models"] else temp(model_dir)
 
 
 def eval_model_dir(wildcards):
-    if wildcards.tag == BASE:
-        return f"{R}/models/{wildcards.model}"
-    match = pspo_config.TAG_RE.match(wildcards.tag)
-    return f"{R}/train/{wildcards.model}/{match['run_id']}/seed{match['seed']}/model"
+    return L.eval_model_dir(R, wildcards.model, wildcards.tag)
 
 
 def _control_of(wildcards):
@@ -123,20 +114,12 @@ def control_tag(wildcards):
 
 
 def control_model_dir(wildcards):
-    control = _control_of(wildcards)
-    return f"{train_dir(control)}/model"
+    return L.train_path(R, L.TRAIN_MODEL, _control_of(wildcards))
+
+
+REPORT_FILES = L.report_files(R, L.table_names(CFG), L.figure_names(CFG))
+SURROGATE_FILES = L.report_files(R, [], [L.SURROGATE_FIGURE])["figures"]  # its own rule
 
 
 def report_outputs():
-    tables = table_names(CFG)
-    return (
-        expand(
-            f"{R}/report/tables/{{name}}.{{ext}}", name=tables, ext=["csv", "md", "tex"]
-        )
-        + expand(
-            f"{R}/report/figures/{{name}}.{{ext}}",
-            name=figure_names(CFG),
-            ext=["png", "pdf"],
-        )
-        + [f"{R}/index.md"]
-    )
+    return REPORT_FILES["tables"] + REPORT_FILES["figures"] + [out(L.INDEX)]

@@ -11,12 +11,12 @@ rule split_train:
     input:
         data_inputs(TRAIN_POOL),
     output:
-        train=f"{R}/data/train_seed{{seed}}.jsonl",
-        val=f"{R}/data/val_seed{{seed}}.jsonl",
-        train_record=f"{R}/data/train_seed{{seed}}.meta.json",
-        val_record=f"{R}/data/val_seed{{seed}}.meta.json",
+        train=out(L.TRAIN_SPLIT),
+        val=out(L.VAL_SPLIT),
+        train_record=out(L.record(L.TRAIN_SPLIT)),
+        val_record=out(L.record(L.VAL_SPLIT)),
     log:
-        f"{R}/logs/data/split_seed{{seed}}.log",
+        out(L.LOG_SPLIT),
     conda:
         CPU_ENV
     params:
@@ -29,10 +29,10 @@ rule eval_data:
     input:
         lambda w: data_inputs(w.benchmark),
     output:
-        rows=f"{R}/data/eval/{{benchmark}}.jsonl",
-        record=f"{R}/data/eval/{{benchmark}}.meta.json",
+        rows=out(L.EVAL_DATA),
+        record=out(L.record(L.EVAL_DATA)),
     log:
-        f"{R}/logs/data/eval_{{benchmark}}.log",
+        out(L.LOG_EVAL_DATA),
     conda:
         CPU_ENV
     params:

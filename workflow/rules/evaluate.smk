@@ -5,12 +5,12 @@
 rule evaluate:
     input:
         model=eval_model_dir,
-        data=f"{R}/data/eval/{{benchmark}}.jsonl",
+        data=out(L.EVAL_DATA),
     output:
-        samples=f"{R}/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.samples.jsonl",
-        metrics=f"{R}/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.metrics.json",
+        samples=out(L.EVAL_SAMPLES),
+        metrics=out(L.EVAL_METRICS),
     log:
-        f"{R}/logs/eval/{{model}}/{{tag}}/{{benchmark}}_T{{temperature}}_n{{n}}.log",
+        out(L.LOG_EVAL),
     conda:
         STACK_ENV
     threads: model_resources("eval_resources")("threads")

@@ -8,9 +8,9 @@ localrules:
 
 rule prepare_model:
     output:
-        directory(f"{R}/models/{{model}}"),
+        directory(out(L.MODEL)),
     log:
-        f"{R}/logs/models/{{model}}.log",
+        out(L.LOG_MODEL),
     conda:
         CPU_ENV
     params:

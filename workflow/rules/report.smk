@@ -6,13 +6,11 @@
 rule figure_surrogate:
     output:
         png=report(
-            f"{R}/report/figures/figure1_surrogate.png",
-            category="Figures",
-            caption="../report/figure1.rst",
+            SURROGATE_FILES[0], category="Figures", caption="../report/figure1.rst"
         ),
-        pdf=f"{R}/report/figures/figure1_surrogate.pdf",
+        pdf=SURROGATE_FILES[1],
     log:
-        f"{R}/logs/report/figure1.log",
+        out(L.LOG_FIGURE1),
     conda:
         CPU_ENV
     params:
@@ -24,13 +22,13 @@ rule figure_surrogate:
 
 rule weight_distance:
     input:
-        pspo=lambda w: eval_model_dir(w),
-        control=lambda w: control_model_dir(w),
-        base=f"{R}/models/{{model}}",
+        pspo=eval_model_dir,
+        control=control_model_dir,
+        base=out(L.MODEL),
     output:
-        f"{R}/control/{{model}}/{{tag}}.json",
+        out(L.DISTANCE),
     log:
-        f"{R}/logs/control/{{model}}/{{tag}}.log",
+        out(L.LOG_DISTANCE),
     conda:
         CPU_ENV
     params:
@@ -41,34 +39,21 @@ rule weight_distance:
 
 rule report:
     input:
-        metrics=[eval_metrics_path(job) for job in EVAL_JOBS],
-        distances=[distance_path(R, job) for job, _ in CONTROL_PAIRS],
-        train_logs=[f"{train_dir(job)}/log.csv" for job in TRAIN_JOBS],
-        train_summaries=[f"{train_dir(job)}/summary.json" for job in TRAIN_JOBS],
-        figure1=f"{R}/report/figures/figure1_surrogate.png",
+        **L.report_inputs(CFG),
+        figure1=SURROGATE_FILES[0],
     output:
-        tables=report(
-            expand(
-                f"{R}/report/tables/{{name}}.{{ext}}",
-                name=table_names(CFG),
-                ext=["csv", "md", "tex"],
-            ),
-            category="Tables",
-        ),
+        tables=report(REPORT_FILES["tables"], category="Tables"),
         figures=report(
-            expand(
-                f"{R}/report/figures/{{name}}.{{ext}}",
-                name=[f for f in figure_names(CFG) if f != "figure1_surrogate"],
-                ext=["png", "pdf"],
-            ),
+            [f for f in REPORT_FILES["figures"] if f not in SURROGATE_FILES],
             category="Figures",
         ),
-        index=f"{R}/index.md",
+        index=out(L.INDEX),
     log:
-        f"{R}/logs/report/report.log",
+        out(L.LOG_REPORT),
     conda:
         CPU_ENV
     params:
-        config=CFG,
+        # only the config sections the report reads, so editing another one does not rerun it
+        config=pspo_config.report_settings(CFG),
     script:
         "../scripts/report.py"

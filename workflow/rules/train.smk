@@ -4,15 +4,15 @@
 
 rule train:
     input:
-        model=f"{R}/models/{{model}}",
-        train=f"{R}/data/train_seed{{seed}}.jsonl",
-        val=f"{R}/data/val_seed{{seed}}.jsonl",
+        model=out(L.MODEL),
+        train=out(L.TRAIN_SPLIT),
+        val=out(L.VAL_SPLIT),
     output:
-        model=trained_model(f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/model"),
-        log_csv=f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/log.csv",
-        summary=f"{R}/train/{{model}}/{{run_id}}/seed{{seed}}/summary.json",
+        model=trained_model(out(L.TRAIN_MODEL)),
+        log_csv=out(L.TRAIN_LOG),
+        summary=out(L.TRAIN_SUMMARY),
     log:
-        f"{R}/logs/train/{{model}}/{{run_id}}/seed{{seed}}.log",
+        out(L.LOG_TRAIN),
     priority: 10  # the long pole: start training before evaluating the base model
     conda:
         STACK_ENV
@@ -22,8 +22,11 @@ rule train:
         mem_mb=model_resources("train_resources")("mem_mb"),
         runtime=model_resources("train_resources")("runtime"),
     params:
-        settings=lambda w: pspo_config.grpo_settings(CFG, train_job(w)),
-        checkpoint_dir=lambda w: f"{R}/checkpoints/{w.model}/{w.run_id}/seed{w.seed}",
+        objective=lambda w: train_job(w).objective(CFG),
+        alpha=lambda w: train_job(w).alpha,
+        seed=lambda w: train_job(w).seed,
+        grpo=lambda w: pspo_config.grpo_settings(CFG, train_job(w)),
+        checkpoint_dir=lambda w: L.train_path(R, L.CHECKPOINTS, train_job(w)),
         reward=CFG["training"]["reward"],
         keep_checkpoints=CFG["training"]["keep_checkpoints"],
         keep_after=CFG["training"]["keep_checkpoints_after_training"],

@@ -1,14 +1,11 @@
 """Thin adapter: evaluate one model on one benchmark at one temperature (pspo.evaluation.evaluate)."""
 from pspo.evaluation import evaluate
-from pspo.workflow import ensure_gpu, run_job
+from pspo.workflow import run_job
 
 g, w = snakemake.params.generation, snakemake.wildcards
-
-
-def body():
-    if snakemake.params.require_gpu:
-        ensure_gpu(f"evaluation of {w.model}/{w.tag}")
-    evaluate(
+run_job(
+    snakemake,
+    lambda: evaluate(
         model_dir=snakemake.input.model,
         benchmark=w.benchmark,
         data_file=snakemake.input.data,
@@ -22,10 +19,9 @@ def body():
         dtype=g["dtype"],
         batch_size=g["batch_size"],
         system_prompt=snakemake.params.system_prompt,
+        require_gpu=snakemake.params.require_gpu,
         threads=snakemake.threads,
         progress=False,
         provenance_extra={"model": w.model, "tag": w.tag},
-    )
-
-
-run_job(snakemake, body)
+    ),
+)

@@ -1,5 +1,6 @@
-"""Thin adapter: every table and figure from the metrics files and training logs (pspo.report.build_report)."""
+"""Thin adapter: every table and figure from the rule's input files (pspo.report.build_report)."""
 from pspo.report import build_report
 from pspo.workflow import run_job
 
-run_job(snakemake, lambda: build_report(snakemake.params.config, index_path=snakemake.output.index))
+inputs = dict(snakemake.input.items())
+run_job(snakemake, lambda: build_report(snakemake.params.config, inputs, index_path=snakemake.output.index))

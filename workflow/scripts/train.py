@@ -3,7 +3,6 @@ from pspo.train import run_training
 from pspo.workflow import run_job
 
 p, out = snakemake.params, snakemake.output
-settings = dict(p.settings)
 run_job(
     snakemake,
     lambda: run_training(
@@ -14,15 +13,16 @@ run_job(
         log_csv=out.log_csv,
         summary_json=out.summary,
         checkpoint_dir=p.checkpoint_dir,
-        objective=settings.pop("objective"),
-        alpha=settings.pop("smoothing_alpha", None),
-        seed=settings["seed"],
-        grpo_settings=settings,
+        objective=p.objective,
+        alpha=p.alpha,
+        seed=p.seed,
+        grpo_settings=p.grpo,
         reward=p.reward,
         system_prompt=p.system_prompt,
         keep_checkpoints=p.keep_checkpoints,
         keep_checkpoints_after_training=p.keep_after,
         require_gpu=p.require_gpu,
+        threads=snakemake.threads,
         provenance_extra={"model": snakemake.wildcards.model, "run_id": snakemake.wildcards.run_id},
     ),
 )

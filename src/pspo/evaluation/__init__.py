@@ -1,6 +1,6 @@
 """Evaluation: generate completions for a benchmark file, grade them, write a per-sample JSONL and a metrics JSON.
 
-* ``evaluate(...)`` / ``main(argv)`` (``pspo evaluate``): see ``pspo.evaluation.runner``.
+* ``evaluate(...)`` (``pspo evaluate``, in ``pspo.cli``): see ``pspo.evaluation.runner``.
 * ``metrics_from_samples(path_or_rows)``: every metric, computed from the per-sample rows only.
 * ``wilson_interval(successes, n, z)``, ``pass_at_k(n, c, k)``, ``has_repetition_loop(text)``: pure functions.
 * Backends (``pspo.evaluation.backends``): transformers (CPU/GPU, batched KV-cache loop) and vLLM (GPU, imported
@@ -14,9 +14,9 @@ from pspo.evaluation.metrics import (
     pass_at_k,
     wilson_interval,
 )
-from pspo.evaluation.runner import check_settings, evaluate, load_rows, main, model_fingerprint
+from pspo.evaluation.runner import check_settings, evaluate, load_rows, model_fingerprint
 
 __all__ = [
-    "evaluate", "main", "metrics_from_samples", "wilson_interval", "pass_at_k", "has_repetition_loop",
+    "evaluate", "metrics_from_samples", "wilson_interval", "pass_at_k", "has_repetition_loop",
     "majority_answer", "model_fingerprint", "load_rows", "check_settings",
 ]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +68,9 @@ def load_rows(data_file: str | os.PathLike) -> list[dict]:
 def check_settings(*, benchmark: str, temperature: float, n_samples: int, top_p: float, max_new_tokens: int,
                    batch_size: int | None, backend: str, dtype: str, threads: int | None = None) -> None:
     from pspo.evaluation.backends import BACKENDS, DTYPES
-    from pspo.grading import GRADED_BENCHMARKS
+    from pspo.benchmarks import canonical
 
-    if benchmark not in GRADED_BENCHMARKS and benchmark != "gsm8k_test":
-        raise PSPOError(f"unknown benchmark {benchmark!r}; valid: {', '.join(GRADED_BENCHMARKS)}")
+    canonical(benchmark)
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise PSPOError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(n_samples, int) or n_samples < 1:
@@ -101,7 +97,7 @@ def evaluate(
     out_metrics: str | os.PathLike, temperature: float = 0.0, n_samples: int = 1, top_p: float = 1.0,
     max_new_tokens: int = 128, backend: str = "auto", dtype: str = "auto", batch_size: int | None = None,
     system_prompt: str | None = None, seed: int = 0, provenance_extra: dict | None = None, progress: bool = True,
-    threads: int | None = None, generator: Any = None, overwrite: bool = False,
+    threads: int | None = None, generator: Any = None, overwrite: bool = False, require_gpu: bool = False,
 ) -> dict:
     """Evaluate a model on one benchmark file; write ``out_samples`` (JSONL) and ``out_metrics`` (JSON); return
     the metrics dict.
@@ -111,11 +107,13 @@ def evaluate(
     token), finish_reason ("stop" | "length"). The metrics are ``metrics_from_samples`` of the written file plus
     ``throughput``, ``generation`` (the settings) and ``provenance``. Both files are written atomically and
     the metrics file last (the old one is removed first), so a killed run never leaves a metrics file that
-    does not belong to the samples next to it. ``threads`` sets torch's CPU threads for this call (None: leave
-    torch's default, all cores). ``generator`` (tests, reuse) is an already-built backend. An existing
-    ``out_metrics`` made with different settings, model or data is never silently replaced: that is an error unless
-    ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job).
+    does not belong to the samples next to it. ``threads`` sets torch's CPU threads for this call (None:
+    $PSPO_TORCH_THREADS, else torch's default, all cores). ``generator`` (tests, reuse) is an already-built
+    backend. An existing ``out_metrics`` made with different settings, model or data is never silently replaced:
+    that is an error unless ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job).
+    ``require_gpu`` refuses to run without CUDA (:func:`pspo.device.job_device`, as training does).
     """
+    from pspo.device import job_device
     from pspo.evaluation.backends import make_generator
     from pspo.grading import grade
     from pspo.io import atomic_path
@@ -139,12 +137,11 @@ def evaluate(
                        "system_prompt": SYSTEM_PROMPT if system_prompt is None else system_prompt},
         )
 
-    import torch
-
-    gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed)
-    prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
-    with torch_threads(threads):
-        used_threads = torch.get_num_threads()
+    extra = provenance_extra or {}
+    name = "/".join(str(extra[k]) for k in ("model", "tag") if extra.get(k)) or Path(model_dir).name
+    with job_device(model=name, require_gpu=require_gpu, threads=threads) as used_threads:
+        gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed)
+        prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
         outputs = gen.generate(
             prompts, n=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
             batch_size=batch_size, progress=progress, prefix_hint=render_prompt(gen.tokenizer, "", system_prompt),
@@ -223,67 +220,9 @@ def _refuse_overwriting_other_results(out_metrics: Path, *, model_dir, data_file
         )
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Set torch's intra-op CPU threads for a block (None: unchanged), restoring the old value afterwards."""
-    import torch
-
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads is not None:
-            torch.set_num_threads(old)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pspo evaluate", description="Evaluate a model on a benchmark file: per-sample "
-                                "JSONL + metrics JSON (computed from the per-sample file).")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--benchmark", required=True, help="gsm8k, svamp, asdiv, math500 (the grading rule)")
-    p.add_argument("--data-file", required=True, help="JSONL rows in the shared schema (id, question, answer, ...)")
-    p.add_argument("--out-samples", required=True)
-    p.add_argument("--out-metrics", required=True)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--n-samples", type=int, default=1)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--system-prompt", default=None, help="override the paper's system prompt ('' drops it)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="replace existing results of a different configuration")
-    a = p.parse_args(argv)
-    m = evaluate(
-        model_dir=a.model_dir, benchmark=a.benchmark, data_file=a.data_file, out_samples=a.out_samples,
-        out_metrics=a.out_metrics, temperature=a.temperature, n_samples=a.n_samples, top_p=a.top_p,
-        max_new_tokens=a.max_new_tokens, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
-        system_prompt=a.system_prompt, seed=a.seed, progress=not a.no_progress, threads=a.threads,
-        overwrite=a.overwrite,
-    )
-    lo, hi = m["accuracy_ci95"]
-    line = (f"{a.benchmark}: accuracy {m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] (n={m['n']}), "
-            f"format {m['format_rate']:.3f}, truncated {m['truncation_rate']:.3f}, "
-            f"{m['mean_completion_tokens']:.1f} tokens/completion")
-    tps = m["throughput"]["tokens_per_second"]
-    if tps:
-        line += f", {tps:.0f} tok/s"
-    if m.get("pass_at_k"):
-        line += f", pass@{max(m['pass_at_k'], key=int)} {m['pass_at_k'][max(m['pass_at_k'], key=int)]:.4f}"
-        line += f", majority {m['majority_accuracy']:.4f}"
-    print(line)
-    print(a.out_metrics, file=sys.stderr)
-    return 0

@@ -1,0 +1,67 @@
+"""The checks a training or evaluation job starts with: a GPU when the job needs one, and torch's CPU threads.
+
+One helper for both (``run_training`` and ``evaluate``, hence both workflow scripts), so the two stages refuse a
+GPU-sized job in the same words and set threads the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from pspo.errors import PSPOError
+
+GPU_MESSAGE = ("this is a GPU-sized job (model {model}); no GPU here: use config/cpu.yaml for a CPU run, "
+               "or run on a cluster with `snakemake --profile slurm`")
+THREADS_ENV = "PSPO_TORCH_THREADS"  # torch's CPU threads when the caller gives none (benchmarks, ad-hoc runs)
+
+
+def ensure_gpu(model: str) -> None:
+    """Fail at once, with the way out, when a GPU-sized job lands on a machine without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PSPOError(GPU_MESSAGE.format(model=model))
+
+
+def _threads_from_env() -> int | None:
+    value = os.environ.get(THREADS_ENV)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise PSPOError(
+            f"{THREADS_ENV}={value!r} is not an integer; set it to a number of threads or unset it"
+        ) from None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Set torch's intra-op CPU threads for a block (None: unchanged), restoring the old value afterwards; yields the
+    number in use."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def job_device(*, model: str, require_gpu: bool = False, threads: int | None = None) -> Iterator[int]:
+    """The GPU check, then ``threads`` (else $PSPO_TORCH_THREADS, else torch's default) CPU threads for the block."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise PSPOError(f"threads must be a positive integer, got {threads!r}")
+    if require_gpu:
+        ensure_gpu(model)
+    with torch_threads(threads if threads is not None else _threads_from_env()) as used:
+        yield used
+
+
+__all__ = ["GPU_MESSAGE", "THREADS_ENV", "ensure_gpu", "torch_threads", "job_device"]
