@@ -3,6 +3,8 @@
     python benchmarks/bench_eval.py                       # 64 GSM8K test prompts x 128 new tokens; naive on 8
     python benchmarks/bench_eval.py --threads 1           # e.g. on a machine shared with other jobs
     python benchmarks/bench_eval.py --dtype-study 128     # also: how often bf16 and fp32 greedy completions differ
+    python benchmarks/bench_eval.py --vllm --skip-naive   # also: vLLM (its CPU build here) vs our loop, fp32 and
+                                                          # bf16, load time apart, same prompts, ratios in one run
 
 Tokens are completion tokens up to and including the first EOS (nothing generated after EOS is counted), for both
 paths. Throughput is completion tokens / generation wall time (prefill included, model loading excluded); the
@@ -71,6 +73,46 @@ def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_toke
     return m, time.perf_counter() - t0
 
 
+def generator_run(backend: str, mdir: Path, questions: list[str], dtype: str, max_new_tokens: int,
+                  threads: int | None) -> dict:
+    """Load one backend (timed apart) and generate greedily on ``questions``; its completion-token throughput."""
+    from pspo.evaluation.backends import TransformersGenerator, VLLMGenerator
+    from pspo.prompts import render_prompt
+
+    t0 = time.perf_counter()
+    gen = VLLMGenerator(str(mdir), dtype=dtype, threads=threads) if backend == "vllm" else \
+        TransformersGenerator(str(mdir), dtype=dtype)
+    load = time.perf_counter() - t0
+    prompts = [render_prompt(gen.tokenizer, q) for q in questions]
+    out = gen.generate(prompts, max_new_tokens=max_new_tokens, progress=False)
+    st = gen.last_stats
+    return {"backend": backend, "dtype": dtype, "load_seconds": load, "generation_seconds": st["seconds"],
+            "completion_tokens": st["completion_tokens"], "tokens_per_second": st["tokens_per_second"],
+            "completions": [c[0].text for c in out]}
+
+
+def vllm_comparison(mdir: Path, questions: list[str], max_new_tokens: int, threads: int | None) -> None:
+    """vLLM and our loop in fp32 and bf16; each vLLM run in a child process (one LLM per process)."""
+    import subprocess
+
+    for dtype in ("float32", "bfloat16"):
+        cmd = [sys.executable, __file__, "--child-vllm", dtype, "--prompts", str(len(questions)),
+               "--max-new-tokens", str(max_new_tokens)] + (["--threads", str(threads)] if threads else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode or not lines:
+            print(f"vllm {dtype}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+            continue
+        v = json.loads(lines[-1])
+        o = generator_run("transformers", mdir, questions, dtype, max_new_tokens, threads)
+        same = sum(a == b for a, b in zip(v["completions"], o["completions"]))
+        total = lambda r: r["load_seconds"] + r["generation_seconds"]  # noqa: E731
+        print(f"{dtype}: vllm {v['tokens_per_second']:.1f} tok/s (load {v['load_seconds']:.1f} s), pspo loop "
+              f"{o['tokens_per_second']:.1f} tok/s (load {o['load_seconds']:.1f} s); generation ratio vllm/loop "
+              f"{v['tokens_per_second'] / o['tokens_per_second']:.2f}x, with load {total(o) / total(v):.2f}x; "
+              f"identical greedy completions {same}/{len(questions)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=64)
@@ -82,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype-study", type=int, default=0, metavar="N",
                    help="also evaluate N prompts greedily in float32 and bfloat16 and compare the completions")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--vllm", action="store_true", help="also compare vLLM with our loop (fp32 and bf16)")
+    p.add_argument("--child-vllm", metavar="DTYPE", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
     import torch
@@ -92,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     mdir = model_dir()
     rows = read_jsonl(DATA_DIR / "gsm8k_test.jsonl")
+    if a.child_vllm:
+        print(json.dumps(generator_run("vllm", mdir, [r["question"] for r in rows[:a.prompts]], a.child_vllm,
+                                       a.max_new_tokens, a.threads)))
+        return 0
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"naive batch-1 generate (float32): {a.naive_prompts} prompts, {tokens} completion tokens in "
                   f"{secs:.1f} s = {naive:.1f} tok/s", flush=True)
             print(f"speed-up: {ours / naive:.1f}x   (targets: >= 8x and >= 1500 tok/s)")
+        if a.vllm:
+            vllm_comparison(mdir, [r["question"] for r in rows[:a.prompts]], a.max_new_tokens, a.threads)
         if a.dtype_study:
             write_jsonl_atomic(data, rows[:a.dtype_study])
             res = {}

