@@ -188,9 +188,8 @@ def test_empty_benchmark_file(smollm2_dir, tmp_path):
         _run(smollm2_dir, tmp_path / "missing.jsonl", tmp_path)
 
 
-def test_vllm_not_installed_is_one_line(smollm2_dir, rows_file, tmp_path):
-    if B.vllm_installed():
-        pytest.skip("vllm is installed")
+def test_vllm_not_installed_is_one_line(smollm2_dir, rows_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "vllm_installed", lambda: False)
     with pytest.raises(PSPOError, match="vllm"):
         _run(smollm2_dir, rows_file, tmp_path, backend="vllm")
 
@@ -278,6 +277,7 @@ def test_vllm_generator_maps_outputs(monkeypatch, generator):
             self.kw = kw
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeParams))
+    monkeypatch.setattr(B, "cuda_available", lambda: True)  # the CUDA build's path (the CPU one: tests/test_vllm.py)
     monkeypatch.setattr(B, "resolve_dtype", lambda dtype, device: "bfloat16")
     gen = B.VLLMGenerator("/some/model", seed=3)
     res = gen.generate(["Q1", "Q2"], n=2, temperature=0.7, top_p=0.9, max_new_tokens=8, seed=3)
@@ -297,9 +297,13 @@ def test_auto_backend_picks_vllm_only_with_cuda_and_vllm(monkeypatch):
     assert B.resolve_backend("auto") == "transformers"
     monkeypatch.setattr(B, "cuda_available", lambda: False)
     monkeypatch.setattr(B, "vllm_installed", lambda: True)
+    monkeypatch.setattr(B.vllm_env, "is_cpu_build", lambda: False)  # the CUDA build on a machine without a GPU
     assert B.resolve_backend("auto") == "transformers"
     with pytest.raises(PSPOError, match="CUDA"):
         B.resolve_backend("vllm")
+    monkeypatch.setattr(B.vllm_env, "is_cpu_build", lambda: True)  # vLLM's CPU build: allowed, but not picked
+    assert B.resolve_backend("vllm") == "vllm"
+    assert B.resolve_backend("auto") == "transformers"
 
 
 def test_kill_between_renames_leaves_no_metrics(smollm2_dir, two_rows_file, generator, tmp_path, monkeypatch):

