@@ -40,6 +40,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SUBMITTED_RE = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M)
 # "rule compute:" / "localrule fetch:" followed by indented fields, one of them "jobid: N".
 JOB_BLOCK_RE = re.compile(r"^(local)?rule (\w+):\n((?:    .*\n)+)", re.M)
+FINISHED_RE = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)$", re.M)
 
 
 def cluster_args(cluster: SlurmCluster) -> list[str]:
@@ -72,12 +73,16 @@ def run_snakemake(cluster: SlurmCluster, workdir: Path, *args: str, timeout: flo
 
 
 def job_blocks(output: str) -> dict[str, tuple[str, bool]]:
-    """Snakemake job id -> (rule, is_local), for every job Snakemake started."""
+    """Snakemake job id -> (rule, is_local), for every job Snakemake started or finished. Local jobs print a
+    "localrule" block; the SLURM plugin (2.6.1) prints none for the jobs it submits, so those are the finished jobs
+    ("Finished jobid: N (Rule: r)") that had no local block."""
     jobs = {}
     for m in JOB_BLOCK_RE.finditer(output):
         jid = re.search(r"^    jobid: (\d+)$", m.group(3), re.M)
         if jid:
             jobs[jid.group(1)] = (m.group(2), bool(m.group(1)))
+    for m in FINISHED_RE.finditer(output):
+        jobs.setdefault(m.group(1), (m.group(2), False))
     return jobs
 
 

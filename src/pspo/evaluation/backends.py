@@ -8,6 +8,9 @@
 * ``VLLMGenerator`` (GPU, or CPU with vLLM's CPU build): vLLM, imported only when chosen; the prompts are passed as token IDs tokenized
   exactly as for the transformers backend.
 
+Over ~300 lines on purpose: the transformers loop's parts (prefix cache, length-bucketed prefill, preallocated KV
+layers, row compaction and column trimming) only make sense together, and the vLLM wrapper shares their interface.
+
 Both return, per prompt, its samples in order, each with the generated token IDs (up to and including the stop
 token, nothing after it), the decoded text (special tokens skipped) and ``finish_reason`` ("stop" | "length").
 """
