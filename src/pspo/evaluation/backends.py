@@ -63,8 +63,9 @@ def vllm_installed() -> bool:
     return vllm_env.installed()
 
 
-# On CPU, ``auto`` keeps the transformers loop: benchmarks/bench_eval.py measures vLLM's CPU build against it (README
-# "Speed"), and with its load time vLLM does not win a CPU-grid evaluation job.
+# On CPU, ``auto`` keeps the transformers loop: `benchmarks/bench_eval.py --vllm` measured vLLM's CPU build 1.5x
+# faster in generation but ~28 s to load (README "Speed"), which a CPU-grid evaluation job (~8k tokens) never earns
+# back.
 AUTO_PICKS_VLLM_ON_CPU = False
 
 
