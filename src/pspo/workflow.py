@@ -8,16 +8,38 @@ are ``pspo.device``'s, through the training and evaluation calls.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import time
 from typing import Any, Callable
 
+# The module a ``spawn``-started child imports as its ``__main__`` (see spawn_safe_main): this one, which imports
+# nothing but the standard library at module level.
+SPAWN_MAIN = __name__
+
+
+def spawn_safe_main() -> None:
+    """Make child processes started with ``spawn`` (vLLM's engine core; on CUDA vLLM always spawns) import this
+    module as their ``__main__`` instead of re-running the Snakemake script from its path.
+
+    Snakemake runs a rule's script as ``__main__`` from a temporary file whose first line defines ``snakemake``;
+    ``multiprocessing.spawn`` re-executes ``__main__``'s file in the child (``_fixup_main_from_path``) under the
+    name ``__mp_main__``, so the script's body runs again without its ``snakemake`` object (NameError) or, worse,
+    starts the job a second time. A ``__main__`` with a module spec is re-imported by name instead
+    (``_fixup_main_from_name``), so giving it this module's spec makes the child's preparation a harmless import.
+    """
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.util.find_spec(SPAWN_MAIN)
+
 
 def run_job(smk: Any, body: Callable[[], Any]) -> None:
-    """Run ``body`` with stdout/stderr appended to the rule's log; a PSPOError exits with its one line on stderr."""
+    """Run ``body`` with stdout/stderr appended to the rule's log; a PSPOError exits with its one line on stderr.
+    Processes ``body`` starts with ``spawn`` do not re-run the script (:func:`spawn_safe_main`)."""
     from pspo.errors import PSPOError
 
+    spawn_safe_main()
     threads = int(getattr(smk, "threads", 1) or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
