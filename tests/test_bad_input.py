@@ -96,6 +96,22 @@ def test_no_gpu_for_a_gpu_sized_job():
         ensure_gpu("qwen2.5-1.5b/base")
 
 
+def test_gpu_that_torch_cannot_use_names_the_driver(tmp_path, monkeypatch):
+    """nvidia-smi sees a GPU but torch.cuda.is_available() is false (e.g. a CUDA 13 torch on a driver < 580)."""
+    import torch
+
+    from pspo.device import ensure_gpu
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H200, 550.54.15'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PSPOError, match=r"nvidia-smi sees 1 GPU \(NVIDIA H200\) \(driver 550.54.15\) but torch .* "
+                                        r"\(built for CUDA .*\) cannot use it: .*driver"):
+        ensure_gpu("qwen2.5-1.5b/base")
+
+
 def test_disk_full_while_saving_leaves_nothing(tmp_path, monkeypatch):
     from pspo import io
 

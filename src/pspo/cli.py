@@ -167,6 +167,43 @@ def report(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- miniature
+def miniature_config(a: argparse.Namespace) -> int:
+    """Write the paper grid in miniature (pspo.miniature): the paper grid's code path on a CPU."""
+    from pspo import miniature
+
+    kwargs = {"paper_path": a.paper} if a.paper else {}
+    print(miniature.write(a.out, data_dir=a.data_dir, results_dir=a.results_dir, **kwargs))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- preflight
+def preflight_command(a: argparse.Namespace) -> int:
+    """Check a grid's GPU path in minutes (versions, two training steps with the weight sync, one evaluation)."""
+    from pspo.preflight import preflight
+
+    cfg = pspo_config.load_config(a.configfile)
+    settings = pspo_config.preflight_settings(cfg)
+    name, model = next(iter(cfg["models"].items()))
+    tokenizer = a.tokenizer or layout.path(cfg["results_dir"], layout.MODEL, model=name)
+    if not a.tokenizer and not Path(tokenizer, "tokenizer_config.json").is_file():
+        if model["source"] != "hub":
+            raise PSPOError(f"model {name} is not prepared ({tokenizer} missing): run `snakemake --cores 1 --until "
+                            f"prepare_model` first, or pass --tokenizer DIR")
+        tokenizer = model["path"]
+    report = preflight(tokenizer_dir=tokenizer, grpo=settings["grpo"], generation=settings["generation"], out=a.out,
+                       require_gpu=settings["require_gpu"] and not a.allow_cpu, threads=a.threads)
+    v = report["versions"]
+    print(f"driver {v['driver']} | CUDA {v['cuda']} | torch {v['torch']} | transformers {v['transformers']} | "
+          f"trl {v['trl']} | vllm {v['vllm']}")
+    t, e = report["training"], report["evaluation"]
+    sync = f", weight sync checked (gap {t['sync']['gap_after_sync']:.2g})" if "sync" in t else ""
+    print(f"training: {t['steps']} steps, {t['generation']} generation{sync}, {t['seconds']} s")
+    print(f"evaluation: {e['backend']} on {e['device']} ({e['dtype']}), {e['seconds']} s")
+    print(report["status"])
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------- the parser
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pspo", description=__doc__.splitlines()[0])
@@ -254,6 +291,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--svamp-subset", default="all", choices=REGISTRY["svamp"].subsets)
     d.add_argument("--limit", type=int, default=None, help="seeded random subset of each evaluation set")
     d.add_argument("--limit-seed", type=int, default=0)
+
+    f = command("preflight", preflight_command)
+    f.add_argument("--configfile", default="config/config.yaml")
+    f.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the grid's first model, prepared)")
+    f.add_argument("--out", type=Path, help="write the report here (JSON)")
+    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    f.add_argument("--allow-cpu", action="store_true", help="run a GPU grid's checks on the CPU")
+
+    c = command("miniature-config", miniature_config)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--paper", type=Path, default=None, help="the paper-grid config (default: config/config.yaml)")
+    c.add_argument("--data-dir", default=None, help="data.dir of the miniature (default: the paper grid's)")
+    c.add_argument("--results-dir", default="results/paper-mini")
 
     r = command("report", report)
     r.add_argument("--configfile", required=True)

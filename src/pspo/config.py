@@ -364,6 +364,15 @@ def report_settings(cfg: dict) -> dict:
     return {**{k: cfg[k] for k in keys}, "training": {"grpo": cfg["training"]["grpo"]}}
 
 
+def preflight_settings(cfg: dict) -> dict:
+    """What ``pspo preflight`` checks for this grid: its shared GRPO settings (how training generates), its evaluation
+    backend and dtype, and whether it needs a GPU (any model's training or evaluation does)."""
+    gpus = [m[kind]["gpus"] for m in cfg["models"].values() for kind in ("train_resources", "eval_resources")]
+    return {"grpo": dict(cfg["training"]["grpo"]),
+            "generation": {k: cfg["evaluation"][k] for k in ("backend", "dtype")},
+            "require_gpu": max(gpus) > 0}
+
+
 def generation_settings(cfg: dict, temperature: float, n_samples: int) -> dict:
     ev = cfg["evaluation"]
     out = {k: ev[k] for k in ("max_new_tokens", "backend", "dtype", "batch_size")}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 from typing import Iterator
 
 from pspo.errors import PSPOError
@@ -17,12 +19,41 @@ GPU_MESSAGE = ("this is a GPU-sized job (model {model}); no GPU here: use config
 THREADS_ENV = "PSPO_TORCH_THREADS"  # torch's CPU threads when the caller gives none (benchmarks, ad-hoc runs)
 
 
+DRIVER_MESSAGE = ("nvidia-smi sees {gpus} (driver {driver}) but torch {torch} (built for CUDA {cuda}) cannot use it: "
+                  "the driver is probably too old for this CUDA build; update the driver or install a torch built "
+                  "for the CUDA version the driver supports (nvidia-smi's header names it)")
+
+
+def visible_nvidia_gpus() -> tuple[list[str], str] | None:
+    """(GPU names, driver version) as nvidia-smi reports them, or None without nvidia-smi or GPUs."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [[c.strip() for c in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+    if out.returncode != 0 or not rows:
+        return None
+    return [r[0] for r in rows], rows[0][-1]
+
+
 def ensure_gpu(model: str) -> None:
-    """Fail at once, with the way out, when a GPU-sized job lands on a machine without a GPU."""
+    """Fail at once, with the way out, when a GPU-sized job lands on a machine without a usable GPU; a GPU that
+    nvidia-smi sees but torch cannot use is named with the driver and torch's CUDA version."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise PSPOError(GPU_MESSAGE.format(model=model))
+    if torch.cuda.is_available():
+        return
+    seen = visible_nvidia_gpus()
+    if seen is not None:
+        names, driver = seen
+        gpus = f"{len(names)} GPU{'s' if len(names) > 1 else ''} ({names[0]})"
+        raise PSPOError(DRIVER_MESSAGE.format(gpus=gpus, driver=driver, torch=torch.__version__,
+                                              cuda=torch.version.cuda))
+    raise PSPOError(GPU_MESSAGE.format(model=model))
 
 
 def _threads_from_env() -> int | None:
@@ -64,4 +95,4 @@ def job_device(*, model: str, require_gpu: bool = False, threads: int | None = N
         yield used
 
 
-__all__ = ["GPU_MESSAGE", "THREADS_ENV", "ensure_gpu", "torch_threads", "job_device"]
+__all__ = ["GPU_MESSAGE", "DRIVER_MESSAGE", "visible_nvidia_gpus", "THREADS_ENV", "ensure_gpu", "torch_threads", "job_device"]

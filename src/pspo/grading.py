@@ -19,8 +19,10 @@ extracted string is canonical: no commas, no ``$``, LaTeX fractions as ``a/b``.
 
 Rule for answers that end a sentence (every benchmark): trailing sentence punctuation (``. ! ? ; : ,``), whitespace
 and a pair of markdown emphasis markers around the answer (``**x**``, ``*x*``, ``__x__``, ``_x_``) are not part of
-it, so ``#### **3.5**.`` is 3.5 and counts as formatted, while ``3.5``, ``1,080``, ``5:6``, ``52_8`` and the brackets
-of ``(1, 2]`` keep their characters (a trailing ``!`` is read as punctuation, not a factorial).
+it, nor is an unmatched emphasis mark or closing bracket at its end (``13/6**.``, ``13/6.)``), so ``#### **3.5**.`` is
+3.5 and counts as formatted, while ``3.5``, ``1,080``, ``5:6``, ``52_8`` and the brackets of ``(1, 2]`` keep their
+characters. A ``!`` after an answer in prose ends the sentence (``The answer is 5!`` is 5); inside math (``$5!$``,
+``\\(5!\\)``, ``\\boxed{5!}``) it is a factorial, for every benchmark (the numeric graders evaluate ``N!``).
 
 Numeric grading compares exact rationals: correct iff ``|pred - gold| <= max(abs_tol, rel_tol * |gold|)``
 (both 1e-6 by default, the paper's tolerance). Choices made for ASDiv (``grade("asdiv", ...)``):
@@ -37,8 +39,9 @@ Numeric grading compares exact rationals: correct iff ``|pred - gold| <= max(abs
 
 MATH-500 (``grade_math``) uses Math-Verify: the gold is wrapped as ``$gold$`` (so ``11\\sqrt2`` parses as
 11*sqrt(2), not 11), the prediction is the ``####`` line's content wrapped the same way if there is one; with no
-``####`` line and no ``\\boxed{}``, the ``X`` of the last "The answer is X." / "Answer: X" if ``X`` has no prose
-words; else the whole completion (boxed answers first). Math-Verify's timeouts use ``signal.alarm``, which works only
+``####`` line and no ``\\boxed{}``, the ``X`` of the last "The answer is X." / "Answer: X", else of an undelimited
+final statement ("Hence the value is X!", "So x = \\dfrac{13}{6}.", a last line "X."), if ``X`` has no prose words;
+else the whole completion (boxed answers first). Math-Verify's timeouts use ``signal.alarm``, which works only
 in the main thread of a process: they are on in any process's main thread (including ``ProcessPoolExecutor``
 workers, see ``grade_many``) and off, with a one-time warning, in other threads.
 """
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import sys
 import threading
@@ -87,20 +91,43 @@ _TRAILING_PUNCT_RE = re.compile(r"(?:\\?[.!?;:,]|\s)+$")
 _EMPHASIS = ("**", "__", "*", "_")  # markdown bold / italics, longest first
 
 
-def _strip_decor(s: str) -> str:
+_TRAILING_MATH_PUNCT_RE = re.compile(r"(?:\\?[.?;:,]|\s)+$")  # inside $...$ a '!' is a factorial
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def _strip_decor(s: str, *, in_math: bool = False) -> str:
     """An answer without the sentence punctuation after it and the markdown emphasis around it ('**3.5**.' -> '3.5').
 
-    Emphasis is removed only as a matching pair around the whole answer, so a '_' inside ('52_8') or a bracket that
-    belongs to the answer ('(1, 2]') stays."""
+    Emphasis is removed as a matching pair around the whole answer, or as an unmatched mark at its end ('13/6**.'),
+    so a '_' inside ('52_8') stays; a closing bracket at the end goes only if it closes nothing ('13/6.)'), so the
+    brackets of '(1, 2]' stay. ``in_math``: the answer was inside math delimiters, where '!' is a factorial."""
+    trailing = _TRAILING_MATH_PUNCT_RE if in_math else _TRAILING_PUNCT_RE
     prev = None
     while s != prev:  # '**42.**' and '**42**.' both need two rounds
         prev = s
-        s = _TRAILING_PUNCT_RE.sub("", s.strip())
+        s = trailing.sub("", s.strip())
         for mark in _EMPHASIS:
             if len(s) > 2 * len(mark) and s.startswith(mark) and s.endswith(mark):
                 s = s[len(mark) : -len(mark)].strip()
                 break
+            if len(s) > len(mark) and s.endswith(mark) and not s.startswith(mark[0]):
+                s = s[: -len(mark)].strip()
+                break
+        if s and s[-1] in _CLOSE and sum(map(s.count, _OPEN)) < sum(map(s.count, _CLOSE)):
+            s = s[:-1]
     return s
+
+
+# A factorial is read only inside math ($5!$, \(5!\), \boxed{5!}): in prose a '!' after an answer ends the sentence.
+_FACTORIAL_RE = re.compile(r"(?<![\d.,/])(\d{1,2})!(?!=)")
+_MATH_SPAN_RE = re.compile(r"\$[^$\n]+\$|\\\(.*?\\\)|\\boxed\s*\{[^{}]*\}")
+
+
+def _expand_factorials(text: str) -> str:
+    """``N!`` (N < 100) inside math spans replaced by its value, for the numeric graders ('$5!$' is 120)."""
+    if "!" not in text:
+        return text
+    return _MATH_SPAN_RE.sub(lambda m: _FACTORIAL_RE.sub(lambda f: str(math.factorial(int(f[1]))), m[0]), text)
 
 
 def _clean(num: str) -> str:
@@ -185,6 +212,7 @@ def extract_answer(text: str) -> str | None:
     """The final numeric answer of a completion as a canonical string ('#### x', then \\boxed{x}, then last number)."""
     if not text:
         return None
+    text = _expand_factorials(text)
     segment, _ = _final_segment(text)
     if segment is not None:
         return find_numbers(segment)[0]
@@ -252,7 +280,7 @@ def grade_numeric(
     ``rounded_gold``: also accept a prediction that rounds (half-up) to the gold at the gold's decimals.
     A gold that is not a number is compared as text (see the module docstring).
     """
-    completion = completion or ""
+    completion = _expand_factorials(completion or "")
     formatted = is_formatted(completion)
     gold = str(gold).strip()
     if ";" in gold:
@@ -337,7 +365,7 @@ def _strip_math_delims(s: str) -> str:
     s = _strip_decor(s)
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
-            return _strip_decor(s[len(left) : len(s) - len(right)])  # '$\frac34.$'
+            return _strip_decor(s[len(left) : len(s) - len(right)], in_math=True)  # '$\frac34.$', '$5!$'
     return s
 
 
@@ -355,6 +383,26 @@ def _answer_phrase(completion: str) -> str | None:
     ans = _NEXT_SENTENCE_RE.split(phrases[-1].group("ans"), 1)[0]
     if re.search(r"[A-Za-z]{2,}", _LATEX_CMD_RE.sub("", ans)):
         return None  # prose: leave it to Math-Verify's reading of the whole completion, as before
+    return ans
+
+
+_STATEMENT_RE = re.compile(r"(?:\bis\b|=|:)(?P<ans>[^=:]*)$")
+# math delimiters: a pair of unescaped '$' (one '$' is a currency sign), '\(', '\['
+_DELIMITED_RE = re.compile(r"(?<!\\)\$[^$]*(?<!\\)\$|\\\(|\\\[")
+_CURRENCY_RE = re.compile(r"\\?\$(?=\s*[-\u2212]?\s*[\d.])")  # '$18', '\$18'
+
+
+def _final_statement(completion: str) -> str | None:
+    """X of an undelimited final statement ("Hence the value is X!", "So x = \\dfrac{13}{6}.", a last line "X."),
+    if X is a bare answer; None where math delimiters are used (Math-Verify reads those) or X has prose words."""
+    lines = [line for line in completion.strip().splitlines() if line.strip()]
+    if not lines or _DELIMITED_RE.search(lines[-1]):
+        return None
+    line = _TRAILING_PUNCT_RE.sub("", _NEXT_SENTENCE_RE.split(lines[-1])[-1])  # 'is 1,080:' ends at the answer
+    m = _STATEMENT_RE.search(line)
+    ans = _CURRENCY_RE.sub("", m.group("ans") if m else line)
+    if not re.search(r"\d|\\[A-Za-z]", ans) or re.search(r"[A-Za-z]{2,}", _LATEX_CMD_RE.sub("", ans)):
+        return None
     return ans
 
 
@@ -384,7 +432,7 @@ def grade_math(completion: str, gold: str, *, timeout: int | None = MATH_TIMEOUT
     if not pred and not _boxed_contents(completion):
         # no '####' line or box: a closing "The answer is X." is read alone, so that Math-Verify neither misses an
         # undelimited '\sqrt{2}' nor reads 'X!' as a factorial or takes a number from an earlier sentence
-        phrase = _answer_phrase(completion)
+        phrase = _answer_phrase(completion) or _final_statement(completion)
         if phrase is not None:
             pred = _parse_final(phrase, t)
     if not pred:

@@ -14,6 +14,8 @@ TAG = "{run_id}_seed{seed}"  # a tag names one evaluated model: BASE or this
 TAG_RE = re.compile(r"^(?P<run_id>.+)_seed(?P<seed>\d+)$")
 EVAL_STEM = "{benchmark}_T{temperature}_n{n}"  # T formatted with :g; the stem holds dots (T0.6): no with_suffix
 
+# The GPU path checked once per grid before any training or evaluation job (pspo.preflight).
+PREFLIGHT = "preflight/ready.json"
 # Inputs the workflow prepares.
 MODEL = "models/{model}"
 TRAIN_SPLIT = "data/train_seed{seed}.jsonl"
@@ -36,6 +38,7 @@ TABLE = "report/tables/{name}.{ext}"
 FIGURE = "report/figures/{name}.{ext}"
 INDEX = "index.md"
 # Each rule's own log.
+LOG_PREFLIGHT = "logs/preflight.log"
 LOG_SPLIT = "logs/data/split_seed{seed}.log"
 LOG_EVAL_DATA = "logs/data/eval_{benchmark}.log"
 LOG_MODEL = "logs/models/{model}.log"

@@ -249,6 +249,9 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
         "best_model_checkpoint": trainer.state.best_model_checkpoint,
         **checkpoint_record(checkpoint_dir),
         "device": str(args.device),
+        "generation": {"backend": "vllm" if trainer.use_vllm else "transformers",
+                       **({"vllm_mode": args.vllm_mode, "vllm_dtype": args.colocated_vllm_dtype(),
+                           "weight_syncs": trainer.vllm_weight_syncs} if trainer.use_vllm else {})},
         "final_log_row": final,
         "trained": signal["trained"],  # False: no learning signal, the model equals its base (pspo.report marks it)
         "learning_signal": signal,

@@ -235,6 +235,15 @@ class PSPOTrainer(GRPOTrainer):
         with engine:
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         self.objective = self.args.objective
+        self.vllm_weight_syncs = 0  # TRL's syncs of the policy into vLLM in this process (the run summary records it)
+        if self.use_vllm:
+            sync = self.vllm_generation.sync_weights
+
+            def counted_sync():
+                sync()
+                self.vllm_weight_syncs += 1
+
+            self.vllm_generation.sync_weights = counted_sync
 
     # ---------------------------------------------------------------------------------------------- override point
     def per_token_loss(self, log_ratio: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ rule evaluate:
     input:
         model=eval_model_dir,
         data=out(L.EVAL_DATA),
+        preflight=ancient(out(L.PREFLIGHT)),
     output:
         samples=out(L.EVAL_SAMPLES),
         metrics=out(L.EVAL_METRICS),

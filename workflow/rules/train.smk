@@ -7,6 +7,7 @@ rule train:
         model=out(L.MODEL),
         train=out(L.TRAIN_SPLIT),
         val=out(L.VAL_SPLIT),
+        preflight=ancient(out(L.PREFLIGHT)),
     output:
         model=trained_model(out(L.TRAIN_MODEL)),
         log_csv=out(L.TRAIN_LOG),

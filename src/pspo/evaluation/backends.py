@@ -125,6 +125,11 @@ def uniform(seed: int, prompt: int, sample: int, step: int) -> float:
     return (h >> 11) * (1.0 / (1 << 53))
 
 
+def prompt_seed(seed: int, prompt: int) -> int:
+    """A 31-bit seed for one prompt's samples (vLLM's n samples of a prompt use ``seed + sample index``)."""
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ (prompt & _MASK64)) >> 33
+
+
 def sample_tokens(logits, uniforms, temperature: float, top_p: float):
     """Inverse-CDF sampling of one token per row from softmax(logits / T) restricted to the top-p nucleus.
 
@@ -509,10 +514,12 @@ class VLLMGenerator:
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
+        # One seed per prompt (as the transformers backend draws per prompt): with a single seed every prompt's n
+        # samples would draw the same n child seeds.
+        params = [SamplingParams(
             n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
-            seed=seed if temperature > 0 else None, skip_special_tokens=True,
-        )
+            seed=prompt_seed(seed, i) if temperature > 0 else None, skip_special_tokens=True,
+        ) for i in range(len(prompts))]
         encoded = encode_prompts(self.tokenizer, prompts)
         t0 = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=progress)
@@ -540,5 +547,5 @@ def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: i
 
 __all__ = [
     "Completion", "TransformersGenerator", "VLLMGenerator", "make_generator", "resolve_backend", "resolve_dtype",
-    "sample_tokens", "uniform", "stop_token_ids", "encode_prompts", "BACKENDS", "DTYPES",
+    "sample_tokens", "uniform", "prompt_seed", "stop_token_ids", "encode_prompts", "BACKENDS", "DTYPES",
 ]
