@@ -74,13 +74,13 @@ def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_toke
 
 
 def generator_run(backend: str, mdir: Path, questions: list[str], dtype: str, max_new_tokens: int,
-                  threads: int | None) -> dict:
+                  threads: int | None, eager: bool | None = None) -> dict:
     """Load one backend (timed apart) and generate greedily on ``questions``; its completion-token throughput."""
     from pspo.evaluation.backends import TransformersGenerator, VLLMGenerator
     from pspo.prompts import render_prompt
 
     t0 = time.perf_counter()
-    gen = VLLMGenerator(str(mdir), dtype=dtype, threads=threads) if backend == "vllm" else \
+    gen = VLLMGenerator(str(mdir), dtype=dtype, threads=threads, enforce_eager=eager) if backend == "vllm" else \
         TransformersGenerator(str(mdir), dtype=dtype)
     load = time.perf_counter() - t0
     prompts = [render_prompt(gen.tokenizer, q) for q in questions]
@@ -113,6 +113,37 @@ def vllm_comparison(mdir: Path, questions: list[str], max_new_tokens: int, threa
               f"identical greedy completions {same}/{len(questions)}", flush=True)
 
 
+def _vllm_child(spec: str, n: int, max_new_tokens: int, threads: int | None) -> dict | None:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--child-vllm", spec, "--prompts", str(n), "--max-new-tokens",
+           str(max_new_tokens)] + (["--threads", str(threads)] if threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        print(f"vllm {spec}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(lines[-1])
+
+
+def vllm_compile_cost(questions: list[str], max_new_tokens: int, threads: int | None) -> None:
+    """vLLM fp32 with enforce_eager (the CPU default) vs compiled, each in a fresh process (a cold compile cache
+    is not guaranteed: a second run reuses $VLLM_CACHE_ROOT, which is what later jobs of a grid see)."""
+    runs = {mode: _vllm_child(f"float32:{mode}", len(questions), max_new_tokens, threads)
+            for mode in ("eager", "compiled", "compiled-again")}
+    for mode, r in runs.items():
+        if r:
+            print(f"{mode}: load {r['load_seconds']:.1f} s, {r['tokens_per_second']:.1f} tok/s "
+                  f"({r['completion_tokens']} tokens in {r['generation_seconds']:.1f} s)", flush=True)
+    e, c, c2 = runs["eager"], runs["compiled"], runs["compiled-again"]
+    if e and c and c2:
+        same = sum(a == b for a, b in zip(e["completions"], c["completions"]))
+        print(f"compiled / eager: load {c['load_seconds'] / e['load_seconds']:.2f}x (cached compile "
+              f"{c2['load_seconds'] / e['load_seconds']:.2f}x), generation speed "
+              f"{c['tokens_per_second'] / e['tokens_per_second']:.2f}x; identical greedy completions "
+              f"{same}/{len(questions)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=64)
@@ -125,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate N prompts greedily in float32 and bfloat16 and compare the completions")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--vllm", action="store_true", help="also compare vLLM with our loop (fp32 and bf16)")
+    p.add_argument("--vllm-compile", action="store_true",
+                   help="only vLLM fp32 eager vs compiled (vLLM's default off CPU): load time and generation speed")
     p.add_argument("--child-vllm", metavar="DTYPE", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -137,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     mdir = model_dir()
     rows = read_jsonl(DATA_DIR / "gsm8k_test.jsonl")
     if a.child_vllm:
-        print(json.dumps(generator_run("vllm", mdir, [r["question"] for r in rows[:a.prompts]], a.child_vllm,
-                                       a.max_new_tokens, a.threads)))
+        dtype, _, mode = a.child_vllm.partition(":")
+        print(json.dumps(generator_run("vllm", mdir, [r["question"] for r in rows[:a.prompts]], dtype,
+                                       a.max_new_tokens, a.threads, eager=not mode.startswith("compiled"))))
+        return 0
+    if a.vllm_compile:
+        vllm_compile_cost([r["question"] for r in rows[:a.prompts]], a.max_new_tokens, a.threads)
         return 0
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()}", flush=True)

@@ -282,11 +282,24 @@ def test_vllm_generator_maps_outputs(monkeypatch, generator):
     gen = B.VLLMGenerator("/some/model", seed=3)
     res = gen.generate(["Q1", "Q2"], n=2, temperature=0.7, top_p=0.9, max_new_tokens=8, seed=3)
     assert captured["init"] == ("/some/model", "bfloat16", 3)
-    assert captured["params"].kw["n"] == 2 and captured["params"].kw["max_tokens"] == 8
+    params = captured["params"]  # one SamplingParams per prompt
+    assert len(params) == 2 and all(p.kw["n"] == 2 and p.kw["max_tokens"] == 8 for p in params)
+    # a seed per prompt (vLLM's n samples of a prompt use seed + sample index): distinct across prompts, set by
+    # (seed, prompt index) alone, 31-bit
+    seeds = [p.kw["seed"] for p in params]
+    assert seeds == [B.prompt_seed(3, 0), B.prompt_seed(3, 1)] and len(set(seeds)) == 2
+    assert all(0 <= s < 2**31 for s in seeds)
     assert captured["prompts"][0]["prompt_token_ids"] == B.encode_prompts(generator.tokenizer, ["Q1"])[0]
     assert [c.text for c in res[0]] == ["#### 0", "#### 1"]  # sorted by sample index
     assert [c.finish_reason for c in res[0]] == ["length", "stop"]
     assert gen.last_stats["completion_tokens"] == 2 * (2 + 3)
+    gen.generate(["Q1", "Q2"], n=1, temperature=0.0, max_new_tokens=8, seed=3)
+    assert [p.kw["seed"] for p in captured["params"]] == [None, None]  # greedy: no seed
+
+
+def test_prompt_seeds_differ_by_prompt_and_seed():
+    seeds = {(s, i): B.prompt_seed(s, i) for s in range(3) for i in range(200)}
+    assert len(set(seeds.values())) == len(seeds)
 
 
 def test_auto_backend_picks_vllm_only_with_cuda_and_vllm(monkeypatch):

@@ -1,6 +1,8 @@
 """GPU smoke test, for the day a GPU is at hand (skipped without CUDA): a tiny randomly initialised
 Qwen2-architecture model (no hub) trains a few bf16 steps with every objective, then is evaluated with the backend
-``auto`` picks (vLLM when installed). On a GPU node: ``python -m pytest -m gpu -ra`` (README "HPC")."""
+``auto`` picks (vLLM when installed); and the paper grid's own path, as ``pspo preflight`` runs it: TRL's colocated
+vLLM training at top_p 0.9 with the weight sync checked, and a sampled (n = 2) evaluation launched from a script as
+a workflow job (vLLM's engine is spawned on CUDA). On a GPU node: ``python -m pytest -m gpu -ra`` (README "HPC")."""
 
 from __future__ import annotations
 
@@ -74,3 +76,24 @@ def test_evaluation_on_gpu(tiny_qwen2_dir, data_dir, tmp_path):
     assert generation["device"] == "cuda" and generation["dtype"] in ("bfloat16", "float16")
     assert generation["backend"] == resolve_backend("auto") == ("vllm" if vllm_installed() else "transformers")
     assert len(read_jsonl(tmp_path / "s.jsonl")) == 16
+
+
+def test_paper_grid_path_as_preflight_runs_it(smollm2_dir):
+    """config/config.yaml's settings through pspo.preflight on the GPU (vLLM parts only where vLLM is installed)."""
+    from pspo import config as C
+    from pspo import vllm_env
+    from pspo.preflight import preflight
+
+    settings = C.preflight_settings(C.load_config(C.SCHEMA_PATH.parent / "config.yaml"))
+    if not vllm_env.installed():
+        settings["grpo"]["use_vllm"] = False
+        settings["generation"]["backend"] = "transformers"
+    report = preflight(tokenizer_dir=smollm2_dir, grpo=settings["grpo"], generation=settings["generation"],
+                       require_gpu=True)
+    assert report["status"] == "ready" and report["versions"]["cuda_available"]
+    assert report["evaluation"]["device"] == "cuda" and report["evaluation"]["samples_per_prompt"] == 2
+    assert set(report["evaluation"]["pass_at_k"]) == {"1", "2"}
+    if vllm_env.installed():
+        sync = report["training"]["sync"]
+        assert report["training"]["generation"] == "vllm" and sync["gap_after_sync"] < 0.25 * sync["gap_stale"]
+        assert report["evaluation"]["backend"] == "vllm"

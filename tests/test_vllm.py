@@ -170,3 +170,47 @@ def test_colocated_engine_runs_in_the_training_precision(colocated):
     trainer, _ = colocated
     config = trainer.vllm_generation.llm.llm_engine.model_config
     assert str(config.dtype) == "torch.float32" and trainer.args.colocated_vllm_dtype() == "float32"
+
+
+def test_every_vllm_entry_point_trl_calls_exists_with_its_signature():
+    """TRL 1.16 declares vLLM 0.22-0.31 and only warns on 0.32: read TRL's vLLM module and check that every keyword
+    it passes to ``LLM(...)`` and ``SamplingParams(...)`` and every ``LLM`` method it calls exists in the installed
+    vLLM (the colocate path through ``model_runner.model.load_weights`` runs in the sync tests above)."""
+    import ast
+    import dataclasses
+    import inspect
+
+    import trl.generation.vllm_generation as G
+    from vllm import LLM, EngineArgs, SamplingParams
+
+    tree = ast.parse(inspect.getsource(G))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    llm_kwargs = {k.arg for c in calls if c.func.id == "LLM" for k in c.keywords if k.arg}
+    engine_fields = {f.name for f in dataclasses.fields(EngineArgs)} | set(inspect.signature(LLM.__init__).parameters)
+    assert llm_kwargs and llm_kwargs <= engine_fields, llm_kwargs - engine_fields
+    # SamplingParams(**generation_kwargs): the dict literal TRL builds for colocate mode
+    sampling_keys = {k.value for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys
+                     if isinstance(k, ast.Constant) and k.value in ("n", "repetition_penalty", "temperature", "top_p",
+                                                                     "top_k", "min_p", "max_tokens", "logprobs")}
+    sampling_fields = set(inspect.signature(SamplingParams).parameters) | set(getattr(SamplingParams, "__struct_fields__", ()))
+    assert len(sampling_keys) == 8 and sampling_keys <= sampling_fields, sampling_keys - sampling_fields
+    methods = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+               and n.value.attr == "llm"}
+    assert {"generate", "sleep", "wake_up", "reset_prefix_cache"} <= methods
+    for name in methods - {"llm_engine"}:
+        assert callable(getattr(LLM, name, None)), f"TRL calls LLM.{name}, which vLLM {vllm_env.version_string()} lacks"
+    assert "logprobs_mode" in engine_fields and "processed_logprobs" in str(inspect.signature(EngineArgs))
+
+
+def test_preflight_reports_a_sync_that_does_not_reach_vllm(smollm2_dir, monkeypatch):
+    """The preflight's sync check fails, in one line, when TRL's sync leaves vLLM's weights as they were."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from pspo.errors import PSPOError
+    from pspo.preflight import preflight
+
+    monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: None)
+    grpo = {"use_vllm": True, "vllm_mode": "colocate", "top_p": 0.9, "temperature": 0.8,
+            "vllm_importance_sampling_correction": False}
+    with pytest.raises(PSPOError, match=r"^preflight: after the weight sync vLLM's log-probs do not follow the policy"):
+        preflight(tokenizer_dir=smollm2_dir, grpo=grpo, generation={"backend": "vllm", "dtype": "float32"}, threads=2)

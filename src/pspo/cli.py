@@ -67,7 +67,7 @@ def evaluate_command(a: argparse.Namespace) -> int:
         out_metrics=a.out_metrics, temperature=a.temperature, n_samples=a.n_samples, top_p=a.top_p,
         max_new_tokens=a.max_new_tokens, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
         system_prompt=a.system_prompt, seed=a.seed, progress=not a.no_progress, threads=a.threads,
-        overwrite=a.overwrite, require_gpu=a.require_gpu,
+        overwrite=a.overwrite, require_gpu=a.require_gpu, vllm_enforce_eager=a.vllm_enforce_eager,
     )
     lo, hi = m["accuracy_ci95"]
     line = (f"{a.benchmark}: accuracy {m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] (n={m['n']}), "
@@ -237,6 +237,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="auto", choices=BACKENDS)
     e.add_argument("--dtype", default="auto", choices=DTYPES)
     e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--vllm-enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                   help="vLLM only (default: eager on CPU, compiled with CUDA graphs on GPUs)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--system-prompt", default=None, help="override the paper's system prompt ('' drops it)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")

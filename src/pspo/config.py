@@ -375,6 +375,6 @@ def preflight_settings(cfg: dict) -> dict:
 
 def generation_settings(cfg: dict, temperature: float, n_samples: int) -> dict:
     ev = cfg["evaluation"]
-    out = {k: ev[k] for k in ("max_new_tokens", "backend", "dtype", "batch_size")}
+    out = {k: ev[k] for k in ("max_new_tokens", "backend", "dtype", "batch_size", "vllm_enforce_eager")}
     out.update(temperature=temperature, n_samples=n_samples, top_p=ev["sampled"]["top_p"] if temperature > 0 else 1.0)
     return out

@@ -164,7 +164,9 @@ def check_evaluation(model_dir: Path, generation: dict[str, Any], work: Path, th
         raise PSPOError(f"preflight: the evaluation job failed ({generation['backend']} backend): {tail[0]}")
     metrics = json.loads((work / "eval.metrics.json").read_text())
     return {"backend": metrics["generation"]["backend"], "device": metrics["generation"]["device"],
-            "dtype": metrics["generation"]["dtype"], "n": metrics["n"], "seconds": round(time.perf_counter() - t0, 1)}
+            "dtype": metrics["generation"]["dtype"], "n_prompts": metrics["n_prompts"],
+            "samples_per_prompt": metrics["samples_per_prompt"], "pass_at_k": metrics["pass_at_k"],
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def preflight(*, tokenizer_dir: str | Path, grpo: dict[str, Any], generation: dict[str, Any],

@@ -18,6 +18,7 @@ run_job(
         backend=g["backend"],
         dtype=g["dtype"],
         batch_size=g["batch_size"],
+        vllm_enforce_eager=g["vllm_enforce_eager"],
         system_prompt=snakemake.params.system_prompt,
         require_gpu=snakemake.params.require_gpu,
         threads=snakemake.threads,

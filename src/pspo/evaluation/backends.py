@@ -492,11 +492,15 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, model_dir: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, enforce_eager: bool | None = None):
         self.device = "cuda" if cuda_available() else "cpu"
         kwargs: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
         if self.device == "cpu":
             vllm_env.prepare_cpu_environment(threads)
+        # None: eager on CPU (compiling costs more than a CPU-grid job generates: benchmarks/bench_eval.py --vllm),
+        # vLLM's default (torch.compile, cached under $VLLM_CACHE_ROOT, and CUDA graphs) on GPUs
+        eager = self.device == "cpu" if enforce_eager is None else enforce_eager
+        if eager:
             kwargs["enforce_eager"] = True
         try:
             from vllm import LLM
@@ -538,10 +542,11 @@ class VLLMGenerator:
         return results
 
 
-def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0, threads: int | None = None):
+def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0, threads: int | None = None,
+                   vllm_enforce_eager: bool | None = None):
     backend = resolve_backend(backend)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, dtype=dtype, seed=seed, threads=threads)
+        return VLLMGenerator(model_dir, dtype=dtype, seed=seed, threads=threads, enforce_eager=vllm_enforce_eager)
     return TransformersGenerator(model_dir, dtype=dtype)
 
 

@@ -98,6 +98,7 @@ def evaluate(
     max_new_tokens: int = 128, backend: str = "auto", dtype: str = "auto", batch_size: int | None = None,
     system_prompt: str | None = None, seed: int = 0, provenance_extra: dict | None = None, progress: bool = True,
     threads: int | None = None, generator: Any = None, overwrite: bool = False, require_gpu: bool = False,
+    vllm_enforce_eager: bool | None = None,
 ) -> dict:
     """Evaluate a model on one benchmark file; write ``out_samples`` (JSONL) and ``out_metrics`` (JSON); return
     the metrics dict.
@@ -112,6 +113,7 @@ def evaluate(
     backend. An existing ``out_metrics`` made with different settings, model or data is never silently replaced:
     that is an error unless ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job).
     ``require_gpu`` refuses to run without CUDA (:func:`pspo.device.job_device`, as training does).
+    ``vllm_enforce_eager`` (vLLM only): None is eager on CPU and vLLM's default (compiled, CUDA graphs) on GPUs.
     """
     from pspo.device import job_device
     from pspo.evaluation.backends import make_generator
@@ -140,7 +142,8 @@ def evaluate(
     extra = provenance_extra or {}
     name = "/".join(str(extra[k]) for k in ("model", "tag") if extra.get(k)) or Path(model_dir).name
     with job_device(model=name, require_gpu=require_gpu, threads=threads) as used_threads:
-        gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed, threads=used_threads)
+        gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed, threads=used_threads,
+                                          vllm_enforce_eager=vllm_enforce_eager)
         prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
         outputs = gen.generate(
             prompts, n=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
