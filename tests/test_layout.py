@@ -10,7 +10,7 @@ import yaml
 from pspo import config as C
 from pspo import layout as L
 from pspo.benchmarks import BENCHMARKS, REGISTRY, TRAIN_SETS
-from pspo.objectives import OBJECTIVES
+from pspo.objectives import DEFAULT_ALPHA, OBJECTIVES
 from pspo.rewards import REWARD_FUNCTIONS
 
 from conftest import REPO
@@ -101,5 +101,5 @@ def test_schema_enums_are_the_registries():
 def test_alpha_default_is_defined_once():
     cfg = C.load_config({"models": {"m": {"source": "hub", "path": "org/m"}}, "runs": {"p": {"objective": "pspo"}},
                          "seeds": [0]})
-    assert cfg["alphas"] == [cfg["main_alpha"]] == [C.default_alpha()]  # PSPOConfig's default: test_trainer
+    assert cfg["alphas"] == [cfg["main_alpha"]] == [DEFAULT_ALPHA]  # PSPOConfig's default: test_trainer
     assert C.schema_default("training", "keep_checkpoints_after_training") is False

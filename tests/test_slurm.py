@@ -3,9 +3,9 @@
 * test_profile_runs_tiny_workflow_through_sbatch: a 4-rule temp-dir workflow (one local rule), ~35 s.
 * test_scancelled_job_is_resumed_by_next_run_tiny: a checkpointing toy job is scancelled; the next run of the
   same command resumes it from its last checkpoint, ~70 s.
-* test_ci_workflow_through_slurm (slow): the real DAG with config/ci.yaml, the whole grid (a slice with every
-  kind of job with PSPO_SLURM_SLICE=1); every non-local job must go through sbatch, every output of the DAG
-  must exist afterwards.
+* test_ci_workflow_through_slurm (slow): the real DAG with config/ci.yaml, a slice with every kind of job (the
+  whole grid with PSPO_SLURM_FULL=1); every non-local job must go through sbatch, every output of the DAG must
+  exist afterwards.
 * test_cancelled_training_resumes_from_checkpoint (slow): scancel the CI training job (pspo.train) once it has
   written a checkpoint; the next run of the same command resumes from that checkpoint (summary resumed_from).
 
@@ -284,8 +284,8 @@ def dry_run_jobs(results: Path, *args: str) -> list[tuple[str, dict[str, str], l
 
 def ci_slice_targets(results: Path) -> list[str]:
     """A slice of the CI DAG with every kind of job: the local rules (model, data), one training run (GR-PSPO) and
-    the greedy gsm8k evaluation of it and of the base model, for a quick look with PSPO_SLURM_SLICE=1 (the test runs
-    the whole CI grid by default: 5 trainings, 26 evaluations, the report)."""
+    the greedy gsm8k evaluation of it and of the base model, with the preflight they wait for (the test's default;
+    PSPO_SLURM_FULL=1 runs the whole CI grid: 5 trainings, 26 evaluations, the report)."""
     jobs = dry_run_jobs(results)
     train = next((j for j in jobs if j[0] == "train" and j[1]["run_id"].startswith("pspo")),
                  next(j for j in jobs if j[0] == "train"))
@@ -298,11 +298,12 @@ def ci_slice_targets(results: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ci_results(slurm_cluster, tmp_path_factory):
-    """One run of the whole CI config through SLURM (a slice with PSPO_SLURM_SLICE=1)."""
+    """A slice of the CI config through SLURM (the whole grid with PSPO_SLURM_FULL=1; the whole DAG runs locally in
+    tests/test_workflow.py, the miniature paper grid)."""
     require_real_workflow()
     results = tmp_path_factory.mktemp("slurm-ci") / "results"
     log = results.parent / "snakemake.log"
-    targets = ci_slice_targets(results) if os.environ.get("PSPO_SLURM_SLICE") else []
+    targets = [] if os.environ.get("PSPO_SLURM_FULL") else ci_slice_targets(results)
     t0 = time.monotonic()
     proc = run_snakemake(slurm_cluster, REPO, *targets, *ci_args(results), "--jobs", "2",
                          "--slurm-logdir", str(results.parent / "slurm_logs"), timeout=3600, log=log)

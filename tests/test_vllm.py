@@ -214,3 +214,24 @@ def test_preflight_reports_a_sync_that_does_not_reach_vllm(smollm2_dir, monkeypa
             "vllm_importance_sampling_correction": False}
     with pytest.raises(PSPOError, match=r"^preflight: after the weight sync vLLM's log-probs do not follow the policy"):
         preflight(tokenizer_dir=smollm2_dir, grpo=grpo, generation={"backend": "vllm", "dtype": "float32"}, threads=2)
+
+
+def test_colocated_engine_port_and_patches_are_scoped(monkeypatch):
+    """A single-process job gets an OS-assigned rendezvous port (TRL's own choice, 29500 first, collides between
+    jobs starting together); a launcher's port is kept; the CPU-build patches end with the context."""
+    from trl.generation import vllm_generation
+    from vllm.model_executor.layers import utils as layer_utils
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    llm, dispatch = vllm_generation.LLM, layer_utils.dispatch_cpu_unquantized_gemm
+    with vllm_env.colocated_engine(dtype="float32"):
+        port = int(os.environ["MASTER_PORT"])
+        assert port not in (29500, 23456, 12355, 12345) and 1024 < port < 65536
+        assert vllm_generation.LLM is not llm and vllm_generation.LLM.keywords == {"dtype": "float32"}
+        assert layer_utils.dispatch_cpu_unquantized_gemm is not dispatch
+    assert vllm_generation.LLM is llm and layer_utils.dispatch_cpu_unquantized_gemm is dispatch
+    monkeypatch.setenv("MASTER_PORT", "31337")
+    with vllm_env.colocated_engine(dtype="bfloat16", enforce_eager=True):
+        assert os.environ["MASTER_PORT"] == "31337"
+        assert vllm_generation.LLM.keywords == {"dtype": "bfloat16", "enforce_eager": True}

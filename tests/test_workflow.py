@@ -74,7 +74,7 @@ def test_main_table_has_every_method_and_benchmark(ci_run):
     results, cfg = ci_run
     table = pd.read_csv(results / "report" / "tables" / "main_smollm2-135m.csv", comment="#")
     runs = ["base"] + [r for r in cfg["runs"] if cfg["runs"][r]["objective"] != "pspo"]
-    runs += [f"{r}-a{a:g}" for r in cfg["runs"] if cfg["runs"][r]["objective"] == "pspo" for a in cfg["alphas"]]
+    runs += [f"{r}-a{cfg['main_alpha']:g}" for r in cfg["runs"] if cfg["runs"][r]["objective"] == "pspo"]
     assert list(table.run_id) == runs
     for b in cfg["evaluation"]["benchmarks"]:
         assert table[f"{b}_mean"].between(0, 100).all()

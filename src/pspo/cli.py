@@ -256,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-dir", required=True)
     t.add_argument("--objective", required=True, choices=OBJECTIVES)
     t.add_argument("--alpha", type=float,
-                   help="PSPO smoothing alpha (objective pspo; default: the schema's main_alpha)")
+                   help="PSPO smoothing alpha (objective pspo; default 0.1, the paper's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--grpo-settings", default="{}", help="PSPOConfig fields as a JSON object, or @file (.json/.yaml)")
     t.add_argument("--reward", default="paper", choices=sorted(REWARD_FUNCTIONS))

@@ -39,11 +39,6 @@ def schema_default(*keys: str) -> Any:
     return copy.deepcopy(node["default"])
 
 
-def default_alpha() -> float:
-    """PSPO's smoothing alpha when none is given: the schema's ``main_alpha`` default."""
-    return float(schema_default("main_alpha"))
-
-
 def _extend_with_defaults(validator_class):
     """A validator that fills in schema defaults while it validates (the jsonschema FAQ recipe)."""
     validate_properties = validator_class.VALIDATORS["properties"]

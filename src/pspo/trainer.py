@@ -96,7 +96,7 @@ class PSPOConfig(GRPOConfig):
 
     Objective-specific hyperparameters reuse GRPOConfig's fields: ``epsilon`` / ``epsilon_high`` (clip),
     ``sapo_temperature_pos`` / ``sapo_temperature_neg`` (sigmoid), and the new ``smoothing_alpha`` (pspo;
-    default :func:`pspo.config.default_alpha`, the config schema's ``main_alpha``). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all
+    default ``pspo.objectives.DEFAULT_ALPHA``, 0.1). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all
     completion tokens of the global batch) so that the four objectives differ only in the ratio transform.
     The paper's "GRPO-noclip" is ``objective="noclip", num_iterations=1``; the control "GRPO-noclip-mu2" is
     ``objective="noclip", num_iterations=2``.
@@ -109,7 +109,7 @@ class PSPOConfig(GRPOConfig):
     )
     smoothing_alpha: float | None = field(
         default=None,
-        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; default: the config schema's main_alpha): "
+        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; default 0.1, the paper's): "
                           "r~ = (1 - alpha) r + alpha."},
     )
 
@@ -196,9 +196,7 @@ class PSPOConfig(GRPOConfig):
                      f"{self.objective!r}; remove it")
         if self.objective == "pspo":
             if self.smoothing_alpha is None:
-                from pspo.config import default_alpha
-
-                self.smoothing_alpha = default_alpha()
+                self.smoothing_alpha = objectives.DEFAULT_ALPHA
             if not _is_number(self.smoothing_alpha) or not 0.0 <= self.smoothing_alpha <= 1.0:
                 fail(f"smoothing_alpha must be a number in [0, 1], got {self.smoothing_alpha!r}")
             self.smoothing_alpha = float(self.smoothing_alpha)

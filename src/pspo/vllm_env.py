@@ -107,6 +107,14 @@ def _keep_plain_weights(layer, remove_weight: bool) -> None:
     layer.cpu_linear = torch.nn.functional.linear
 
 
+def _ephemeral_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def colocated_engine(*, dtype: str, enforce_eager: bool | None = None) -> Iterator[None]:
     """While TRL builds its colocated ``LLM`` (inside ``GRPOTrainer.__init__``): run it in ``dtype`` (TRL passes no
@@ -122,6 +130,11 @@ def colocated_engine(*, dtype: str, enforce_eager: bool | None = None) -> Iterat
         restore.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)
 
+    if "MASTER_PORT" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One process, no launcher: the colocated engine's torch.distributed store needs a port. TRL picks the first
+        # free one of 29500, 23456, ... (trl.trainer.utils._find_free_port), so two jobs starting together on one
+        # machine both pick 29500 and the second dies with EADDRINUSE; an OS-assigned port does not collide.
+        os.environ["MASTER_PORT"] = str(_ephemeral_port())
     extra: dict[str, Any] = {"dtype": dtype}
     if enforce_eager is not None:
         extra["enforce_eager"] = enforce_eager
