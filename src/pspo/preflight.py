@@ -26,6 +26,7 @@ from pspo.io import write_json_atomic
 
 SYNC_TOLERANCE = 0.25  # after the sync, vLLM's log-prob error must shrink to this share of the stale one
 TRAIN_STEPS = 2
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def versions() -> dict[str, Any]:
@@ -155,10 +156,12 @@ def check_evaluation(model_dir: Path, generation: dict[str, Any], work: Path, th
             "out_samples": str(work / "eval.samples.jsonl"), "out_metrics": str(work / "eval.metrics.json"),
             "temperature": 0.6, "n_samples": 2, "top_p": 1.0, "max_new_tokens": 8, "backend": generation["backend"],
             "dtype": generation["dtype"], "progress": False, "threads": threads}
+    # A job's environment: not the rendezvous variables TRL's colocated engine set in this process (whose store
+    # still holds MASTER_PORT: a vLLM engine inheriting it fails with EADDRINUSE).
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")] if p)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), json.dumps(args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[1]),
-                                                                                      os.environ.get("PYTHONPATH")] if p)})
+    proc = subprocess.run([sys.executable, str(script), json.dumps(args)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
         raise PSPOError(f"preflight: the evaluation job failed ({generation['backend']} backend): {tail[0]}")
