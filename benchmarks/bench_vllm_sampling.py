@@ -45,14 +45,11 @@ def one_run(top_p: float, dtype: str, correction: bool, steps: int, out: str) ->
     from pspo.io import read_jsonl
     from pspo.prompts import build_messages
     from pspo.trainer import PSPOConfig, PSPOTrainer
-    from pspo.vllm_env import prepare_cpu_environment
     from bench_train_step import model_dir
 
-    prepare_cpu_environment()
-    grpo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["training"]["grpo"]
-    grpo = {k: v for k, v in grpo.items() if k not in DROP}
-    runs = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["runs"]
-    grpo.update(runs["pspo"]["grpo"])
+    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    grpo = {k: v for k, v in paper["training"]["grpo"].items() if k not in DROP}
+    grpo.update(paper["runs"]["pspo"]["grpo"])
     grpo.update(per_device_train_batch_size=16, gradient_accumulation_steps=1, max_completion_length=48,
                 bf16=False, use_cpu=True, max_steps=steps, top_p=top_p, vllm_dtype=dtype,
                 vllm_importance_sampling_correction=correction, vllm_max_model_length=1024,
