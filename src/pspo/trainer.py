@@ -59,6 +59,7 @@ if trl.__version__ != TRL_VERSION:  # pragma: no cover - depends on the environm
     )
 
 OBJECTIVES = objectives.OBJECTIVES
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")  # PSPOConfig.vllm_dtype
 # GRPOConfig defaults of the hyperparameters that belong to one objective only: leaving them at these values is
 # always allowed; changing them for another objective is a configuration mistake and is refused.
 _GRPO_DEFAULTS = {"epsilon": 0.2, "epsilon_high": None, "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}
@@ -118,7 +119,7 @@ class PSPOConfig(GRPOConfig):
         metadata={"help": "dtype of the colocated vLLM engine. 'auto': the training precision (bfloat16 with bf16=True, "
                           "float16 with fp16=True, else float32), so vLLM's log-probs are the trainer's up to kernel "
                           "precision; TRL passes none, and vLLM's own 'auto' runs a float32 checkpoint in half "
-                          "precision.", "choices": ["auto", "float32", "bfloat16", "float16"]},
+                          "precision.", "choices": list(VLLM_DTYPES)},
     )
 
     def colocated_vllm_dtype(self) -> str:
@@ -134,8 +135,8 @@ class PSPOConfig(GRPOConfig):
         self._validate_vllm()
 
     def _validate_vllm(self) -> None:
-        if self.vllm_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise PSPOConfigError(f"vllm_dtype must be auto, float32, bfloat16 or float16, got {self.vllm_dtype!r}")
+        if self.vllm_dtype not in VLLM_DTYPES:
+            raise PSPOConfigError(f"vllm_dtype must be one of {', '.join(VLLM_DTYPES)}, got {self.vllm_dtype!r}")
         if self.use_vllm and self.vllm_importance_sampling_correction and self.top_p < 1.0:
             warnings.warn(
                 f"use_vllm with top_p={self.top_p} and vllm_importance_sampling_correction=True: TRL's correction "
