@@ -21,6 +21,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _scoped_rendezvous_variables():
+    """A module that builds TRL's colocated vLLM leaves the rendezvous variables set in this process; a later
+    module's subprocess (a Snakemake job) inheriting them would bind a port still held here (EADDRINUSE)."""
+    from pspo.vllm_env import rendezvous_scope
+
+    with rendezvous_scope():
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "gsm8k_test.jsonl").is_file():

@@ -212,8 +212,12 @@ def test_preflight_reports_a_sync_that_does_not_reach_vllm(smollm2_dir, monkeypa
     monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: None)
     grpo = {"use_vllm": True, "vllm_mode": "colocate", "top_p": 0.9, "temperature": 0.8,
             "vllm_importance_sampling_correction": False}
+    before = {k: os.environ.get(k) for k in vllm_env.RENDEZVOUS_VARIABLES}
     with pytest.raises(PSPOError, match=r"^preflight: after the weight sync vLLM's log-probs do not follow the policy"):
         preflight(tokenizer_dir=smollm2_dir, grpo=grpo, generation={"backend": "vllm", "dtype": "float32"}, threads=2)
+    # TRL's engine set RANK, WORLD_SIZE, MASTER_PORT (a port its store still holds): a workflow job started from
+    # this process after the preflight must not inherit them (it failed with EADDRINUSE)
+    assert {k: os.environ.get(k) for k in vllm_env.RENDEZVOUS_VARIABLES} == before
 
 
 def test_colocated_engine_port_and_patches_are_scoped(monkeypatch):

@@ -23,10 +23,10 @@ from typing import Any
 
 from pspo.errors import PSPOError
 from pspo.io import write_json_atomic
+from pspo.vllm_env import RENDEZVOUS_VARIABLES, rendezvous_scope
 
 SYNC_TOLERANCE = 0.25  # after the sync, vLLM's log-prob error must shrink to this share of the stale one
 TRAIN_STEPS = 2
-RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def versions() -> dict[str, Any]:
@@ -186,7 +186,7 @@ def preflight(*, tokenizer_dir: str | Path, grpo: dict[str, Any], generation: di
     device = "cuda" if torch.cuda.is_available() else "cpu"
     generation = {**generation, "backend": resolve_backend(generation.get("backend", "auto"))}
     dtype = resolve_dtype(generation.get("dtype", "auto"), device)
-    with tempfile.TemporaryDirectory(prefix="pspo-preflight-") as tmp, torch_threads(threads):
+    with tempfile.TemporaryDirectory(prefix="pspo-preflight-") as tmp, torch_threads(threads), rendezvous_scope():
         work = Path(tmp)
         model = tiny_model(tokenizer_dir, work / "model", "bfloat16" if device == "cuda" else "float32")
         report["training"] = check_training(model, grpo, work)

@@ -24,6 +24,8 @@ TCMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/u
                        "/usr/lib64/libtcmalloc_minimal.so.4")
 # KV-cache memory for the CPU build, GiB (its own default, 4 GiB, is more than a 2-core CI machine wants per job).
 CPU_KVCACHE_GIB = "2"
+# What TRL's colocated engine sets in ``os.environ`` for torch.distributed (its TCP store then holds MASTER_PORT).
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def installed() -> bool:
@@ -107,6 +109,21 @@ def _keep_plain_weights(layer, remove_weight: bool) -> None:
     layer.cpu_linear = torch.nn.functional.linear
 
 
+@contextlib.contextmanager
+def rendezvous_scope() -> Iterator[None]:
+    """Restore the rendezvous variables on exit: a colocated engine built inside leaves them set, and a process
+    started later (a workflow job) that inherits them binds a port this process still holds (EADDRINUSE)."""
+    before = {k: os.environ.get(k) for k in RENDEZVOUS_VARIABLES}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _ephemeral_port() -> int:
     import socket
 
@@ -151,5 +168,5 @@ def colocated_engine(*, dtype: str, enforce_eager: bool | None = None) -> Iterat
             setattr(owner, name, value)
 
 
-__all__ = ["DISTRIBUTIONS", "colocated_engine", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
+__all__ = ["DISTRIBUTIONS", "RENDEZVOUS_VARIABLES", "colocated_engine", "rendezvous_scope", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
            "prepare_cpu_environment"]

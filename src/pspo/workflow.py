@@ -34,10 +34,17 @@ def spawn_safe_main() -> None:
         main.__spec__ = importlib.util.find_spec(SPAWN_MAIN)
 
 
+def _gpu_request(smk: Any) -> int:
+    resources = getattr(smk, "resources", None)
+    return int(getattr(resources, "gpu", 0) or 0)
+
+
 def run_job(smk: Any, body: Callable[[], Any]) -> None:
     """Run ``body`` with stdout/stderr appended to the rule's log; a PSPOError exits with its one line on stderr.
-    Processes ``body`` starts with ``spawn`` do not re-run the script (:func:`spawn_safe_main`)."""
+    Processes ``body`` starts with ``spawn`` do not re-run the script (:func:`spawn_safe_main`). In a local run on a
+    GPU machine the job holds its own GPUs for the whole body (:func:`pspo.gpu_slots.job_gpus`)."""
     from pspo.errors import PSPOError
+    from pspo.gpu_slots import POOL_ENV, job_gpus
 
     spawn_safe_main()
     threads = int(getattr(smk, "threads", 1) or 1)
@@ -51,6 +58,10 @@ def run_job(smk: Any, body: Callable[[], Any]) -> None:
             if log:
                 stack.enter_context(contextlib.redirect_stdout(log))
                 stack.enter_context(contextlib.redirect_stderr(log))
+            gpus = stack.enter_context(job_gpus(_gpu_request(smk)))
+            if gpus is not None:
+                print(f"GPUs: CUDA_VISIBLE_DEVICES={','.join(gpus)} (this job's, of {os.environ[POOL_ENV]})",
+                      flush=True)
             body()
         if log:
             log.write(f"done in {time.time() - start:.1f} s\n")

@@ -19,6 +19,7 @@ from pspo import layout as L
 from pspo.benchmarks import BENCHMARKS, GENERATED, TRAIN_SETS
 from pspo.control import control_pairs
 from pspo.errors import PSPOError
+from pspo.gpu_slots import bound_local_run
 
 try:
     CFG = pspo_config.load_config(
@@ -42,6 +43,13 @@ if CFG["data"]["source"] == "local":
                 data_file(name, CFG["data"]["dir"])
     except PSPOError as error:
         sys.exit(f"error: {error}")
+
+
+
+onstart:
+    # snakemake --cores all on a GPU machine: at most one job per GPU, each on its own (no-op under SLURM)
+    bound_local_run(workflow)
+
 
 R = CFG["results_dir"]
 # Conda envs (with --software-deployment-method conda): the CPU stack everywhere, the chosen stack for training
