@@ -6,6 +6,11 @@
     python benchmarks/bench_eval.py --vllm --skip-naive   # also: vLLM (its CPU build here) vs our loop, fp32 and
                                                           # bf16, load time apart, same prompts, ratios in one run
 
+Every run first measures the limits in the same process: the machine's fp32 and bf16 matmul rate (square 2048^3 and
+decode-shaped: batch x hidden . hidden x intermediate), the compute bound they give (tok/s = decode-shaped rate /
+2 FLOP per parameter per token), and the model's raw batched decode step (one forward of the batch over a KV cache
+of the prompts' mean length while decoding, no loop around it). Each result is printed as a share of both.
+
 Tokens are completion tokens up to and including the first EOS (nothing generated after EOS is counted), for both
 paths. Throughput is completion tokens / generation wall time (prefill included, model loading excluded); the
 end-to-end time of ``evaluate`` (loading, grading, writing) is printed too.
@@ -62,6 +67,81 @@ def naive_generate(mdir: Path, questions: list[str], max_new_tokens: int) -> tup
     return tokens, seconds
 
 
+def matmul_rate(dtype, m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of an (m x k) @ (k x n) matmul in ``dtype`` at torch's current threads (best of repeated timings)."""
+    import torch
+
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        reps = max(1, int(2e8 / (m * k * n)))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        dt = (time.perf_counter() - t0) / reps
+        best, spent = min(best, dt), spent + dt * reps
+    return 2 * m * k * n / best / 1e9
+
+
+def raw_decode_step(mdir: Path, dtype: str, batch: int, context: int, steps: int = 8) -> float:
+    """tok/s of the model's forward alone: ``batch`` rows, one new token each over a ``context``-token KV cache
+    (transformers, sdpa), best of ``steps`` steps; what a loop around it can at most reach."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    model = AutoModelForCausalLM.from_pretrained(mdir, dtype=getattr(torch, dtype)).eval()
+    ids = torch.randint(100, 1000, (batch, context))
+    best = float("inf")
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        token = ids[:, -1:]
+        for i in range(steps):
+            pos = torch.full((batch, 1), context + i)
+            t0 = time.perf_counter()
+            model(input_ids=token, position_ids=pos, past_key_values=cache, use_cache=True)
+            best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+def limits(mdir: Path, batch: int, context: int) -> dict:
+    """The machine's matmul rates and the model's compute bound and raw decode step, fp32 and bf16."""
+    import torch
+    from transformers import AutoConfig
+
+    from pspo.memory import parameter_count
+
+    config = AutoConfig.from_pretrained(mdir)
+    flop_per_token = 2 * parameter_count(mdir)  # every weight once per token (the tied head is the embedding)
+    out = {"flop_per_token": flop_per_token}
+    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        square = matmul_rate(dt, 2048, 2048, 2048)
+        decode = matmul_rate(dt, batch, config.hidden_size, config.intermediate_size)
+        out[name] = {"square_gflops": square, "decode_gflops": decode, "bound_tok_s": decode * 1e9 / flop_per_token,
+                     "raw_decode_tok_s": raw_decode_step(mdir, name, batch, context)}
+    return out
+
+
+def print_limits(lim: dict, batch: int, context: int) -> None:
+    for name in ("float32", "bfloat16"):
+        r = lim[name]
+        print(f"limits {name}: matmul {r['square_gflops']:.0f} GFLOP/s square, {r['decode_gflops']:.0f} decode-shaped "
+              f"(batch {batch}) -> bound {r['bound_tok_s']:.0f} tok/s at {lim['flop_per_token'] / 1e9:.2f} GFLOP/token; "
+              f"raw decode step (batch {batch}, {context}-token cache) {r['raw_decode_tok_s']:.0f} tok/s", flush=True)
+    f, b = lim["float32"], lim["bfloat16"]
+    print(f"bf16 / fp32: matmul {b['decode_gflops'] / f['decode_gflops']:.2f}x decode-shaped, "
+          f"{b['square_gflops'] / f['square_gflops']:.2f}x square; raw decode step "
+          f"{b['raw_decode_tok_s'] / f['raw_decode_tok_s']:.2f}x", flush=True)
+
+
+def share(tok_s: float, lim: dict, dtype: str) -> str:
+    r = lim[dtype]
+    return (f"{tok_s / r['raw_decode_tok_s']:.0%} of the raw decode step, {tok_s / r['bound_tok_s']:.0%} of the "
+            f"{dtype} compute bound")
+
+
 def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_tokens: int, threads: int | None,
              batch_size: int | None) -> tuple[dict, float]:
     from pspo.evaluation import evaluate
@@ -91,7 +171,7 @@ def generator_run(backend: str, mdir: Path, questions: list[str], dtype: str, ma
             "completions": [c[0].text for c in out]}
 
 
-def vllm_comparison(mdir: Path, questions: list[str], max_new_tokens: int, threads: int | None) -> None:
+def vllm_comparison(mdir: Path, questions: list[str], max_new_tokens: int, threads: int | None, lim: dict) -> None:
     """vLLM and our loop in fp32 and bf16; each vLLM run in a child process (one LLM per process)."""
     import subprocess
 
@@ -111,6 +191,8 @@ def vllm_comparison(mdir: Path, questions: list[str], max_new_tokens: int, threa
               f"{o['tokens_per_second']:.1f} tok/s (load {o['load_seconds']:.1f} s); generation ratio vllm/loop "
               f"{v['tokens_per_second'] / o['tokens_per_second']:.2f}x, with load {total(o) / total(v):.2f}x; "
               f"identical greedy completions {same}/{len(questions)}", flush=True)
+        print(f"  vllm {dtype} = {share(v['tokens_per_second'], lim, dtype)}; loop = "
+              f"{share(o['tokens_per_second'], lim, dtype)}", flush=True)
 
 
 def _vllm_child(spec: str, n: int, max_new_tokens: int, threads: int | None) -> dict | None:
@@ -179,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()}", flush=True)
+    from transformers import AutoTokenizer
+
+    from pspo.evaluation.backends import default_batch_size, encode_prompts
+    from pspo.prompts import render_prompt
+
+    batch = min(a.batch_size or default_batch_size("cpu"), a.prompts)
+    tok = AutoTokenizer.from_pretrained(mdir)
+    lengths = [len(ids) for ids in encode_prompts(tok, [render_prompt(tok, r["question"]) for r in rows[:a.prompts]])]
+    context = round(sum(lengths) / len(lengths) + a.max_new_tokens / 2)  # the mean cache length while decoding
+    lim = limits(mdir, batch, context)
+    print_limits(lim, batch, context)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = tmp / "rows.jsonl"
@@ -191,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{th['completion_tokens']} completion tokens in {th['generation_seconds']:.1f} s "
               f"(prefill {th['prefill_seconds']:.1f} s) = {ours:.1f} tok/s; evaluate() end to end {wall:.1f} s; "
               f"accuracy {m['accuracy']:.3f}, truncated {m['truncation_rate']:.3f}", flush=True)
+        print(f"  = {share(ours, lim, m['generation']['dtype'])}", flush=True)
         if not a.skip_naive:
             tokens, secs = naive_generate(mdir, [r["question"] for r in rows[:a.naive_prompts]], a.max_new_tokens)
             naive = tokens / secs
@@ -198,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{secs:.1f} s = {naive:.1f} tok/s", flush=True)
             print(f"speed-up: {ours / naive:.1f}x   (targets: >= 8x and >= 1500 tok/s)")
         if a.vllm:
-            vllm_comparison(mdir, [r["question"] for r in rows[:a.prompts]], a.max_new_tokens, a.threads)
+            vllm_comparison(mdir, [r["question"] for r in rows[:a.prompts]], a.max_new_tokens, a.threads, lim)
         if a.dtype_study:
             write_jsonl_atomic(data, rows[:a.dtype_study])
             res = {}
@@ -207,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                                     batch_size=a.batch_size)
                 res[dt] = (mm, read_jsonl(tmp / f"{dt}.samples.jsonl"))
                 print(f"{dt}: accuracy {mm['accuracy']:.4f} ({mm['correct']}/{mm['n']}), "
-                      f"{mm['throughput']['tokens_per_second']:.1f} tok/s", flush=True)
+                      f"{mm['throughput']['tokens_per_second']:.1f} tok/s = "
+                      f"{share(mm['throughput']['tokens_per_second'], lim, dt)}", flush=True)
             f32, b16 = res["float32"][1], res["bfloat16"][1]
             differ = sum(x["completion"] != y["completion"] for x, y in zip(f32, b16))
             answer = sum(x["extracted"] != y["extracted"] for x, y in zip(f32, b16))

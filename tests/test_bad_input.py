@@ -191,3 +191,24 @@ def test_existing_training_run_of_another_config_is_refused(tmp_path, tiny_model
                      checkpoint_dir=tmp_path / "ckpt", objective="pspo", seed=0,
                      grpo_settings={"bf16": False, "use_cpu": True})
     assert not (tmp_path / "model").exists() and not (tmp_path / "log.csv").exists()
+
+
+def test_a_failed_job_prints_its_log(tmp_path, data_dir):
+    """The workflow profile (profiles/default/, read by Snakemake itself) shows a failed job's log: its one-line
+    cause, not only Snakemake's "message: None"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("gsm8k_train", "svamp", "asdiv", "math500"):
+        os.symlink(data_dir / f"{name}.jsonl", data / f"{name}.jsonl")
+    (data / "gsm8k_test.jsonl").write_text("not json\n")
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", str(results / "data" / "eval" / "gsm8k.jsonl"), "--cores", "1",
+         "--configfile", "config/ci.yaml", "--config", f"results_dir={results}", f'data={{"dir": "{data}"}}'],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Using workflow specific profile profiles/default" in out
+    shown = out.split(f"Logfile {results}/logs/data/eval_gsm8k.log:", 1)
+    assert len(shown) == 2, out
+    assert f"error: {data}/gsm8k_test.jsonl:1: malformed JSON row" in shown[1]

@@ -57,6 +57,9 @@ def test_defaults_are_filled_in():
         (lambda r: r["models"]["smollm2-135m"].update(source="s3"), "is not valid; choose one of"),
         (lambda r: r.update(main_alpha=0.3), "main_alpha 0.3 is not one of alphas"),
         (lambda r: r.update(seeds=[0, 0]), "has duplicates"),
+        (lambda r: r["models"]["smollm2-135m"]["train_resources"].update(gpus=2),
+         "models.smollm2-135m.train_resources.gpus is 2, but a job runs one process on one GPU"),
+        (lambda r: r["models"]["smollm2-135m"]["eval_resources"].update(gpus=4), "eval_resources.gpus is 4"),
         (lambda r: r["evaluation"]["sampled"].update(runs=["nope"]), "unknown run 'nope'"),
     ],
 )

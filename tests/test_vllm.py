@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,21 @@ def _evaluate(model_dir, rows_file, out, backend):
                     backend=backend, dtype="float32", threads=2, progress=False)
 
 
+def _vllm_processes() -> list[int]:
+    """This process's children that are vLLM engine processes (``VLLM::EngineCore``, ``VLLM::Worker``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(rest.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and cmdline.startswith(b"VLLM"):
+            found.append(int(pid))
+    return found
+
+
 def test_provenance_names_the_cpu_build():
     from pspo.provenance import package_versions
 
@@ -55,6 +71,7 @@ def test_vllm_backend_matches_transformers_greedy(smollm2_dir, gsm8k_rows, tmp_p
     """fp32 greedy decoding: vLLM's CPU kernels and the transformers loop agree on most completions (float
     reassociation may flip a near-tie argmax late in a completion, so not necessarily on all)."""
     vllm_metrics = _evaluate(smollm2_dir, gsm8k_rows, tmp_path, "vllm")
+    assert _vllm_processes() == []  # the engine ends with the evaluation (it held 3.6 GB into the next module)
     hf_metrics = _evaluate(smollm2_dir, gsm8k_rows, tmp_path, "transformers")
     read = lambda b: [json.loads(line) for line in (tmp_path / f"{b}.samples.jsonl").read_text().splitlines()]  # noqa: E731
     ours, theirs = read("vllm"), read("transformers")
@@ -109,7 +126,9 @@ def colocated(smollm2_dir, tmp_path_factory):
     trainer = _colocated_trainer(smollm2_dir, tmp_path_factory.mktemp("colocated"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
-    return trainer, before
+    yield trainer, before
+    vllm_env.shutdown_colocated(trainer)  # its engine process and KV cache would outlive the module
+    assert _vllm_processes() == []
 
 
 def _vllm_logprobs(llm, ids):
@@ -218,6 +237,7 @@ def test_preflight_reports_a_sync_that_does_not_reach_vllm(smollm2_dir, monkeypa
     # TRL's engine set RANK, WORLD_SIZE, MASTER_PORT (a port its store still holds): a workflow job started from
     # this process after the preflight must not inherit them (it failed with EADDRINUSE)
     assert {k: os.environ.get(k) for k in vllm_env.RENDEZVOUS_VARIABLES} == before
+    assert _vllm_processes() == []  # and the engine it trained with is stopped, failure or not
 
 
 def test_colocated_engine_port_and_patches_are_scoped(monkeypatch):

@@ -201,6 +201,12 @@ def _check_semantics(cfg: dict) -> None:
                 raise PSPOError(
                     f"config: models.{model_name}.hyperparameters has unknown run {run!r}; defined runs: {', '.join(runs)}"
                 )
+        for kind in ("train_resources", "eval_resources"):
+            if model[kind]["gpus"] > 1:
+                raise PSPOError(
+                    f"config: models.{model_name}.{kind}.gpus is {model[kind]['gpus']}, but a job runs one process on "
+                    "one GPU (no data- or tensor-parallel path yet), so the others would be reserved and idle; "
+                    "set gpus: 1")
         if model["source"] in ("hub", "local") and not model["path"]:
             raise PSPOError(f"config: models.{model_name}.path is required for source {model['source']!r}")
         if model["source"] == "gguf_package" and not (model["package"] and model["gguf_file"]):

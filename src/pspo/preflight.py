@@ -23,7 +23,7 @@ from typing import Any
 
 from pspo.errors import PSPOError
 from pspo.io import write_json_atomic
-from pspo.vllm_env import RENDEZVOUS_VARIABLES, rendezvous_scope
+from pspo.vllm_env import RENDEZVOUS_VARIABLES, rendezvous_scope, shutdown_colocated
 
 SYNC_TOLERANCE = 0.25  # after the sync, vLLM's log-prob error must shrink to this share of the stale one
 TRAIN_STEPS = 2
@@ -104,28 +104,30 @@ def check_training(model_dir: Path, grpo: dict[str, Any], work: Path) -> dict[st
     t0 = time.perf_counter()
     trainer = PSPOTrainer(model=str(model_dir), reward_funcs=length_reward, args=PSPOConfig(**settings),
                           train_dataset=data)
-    trainer.train()
-    rows = [r for r in trainer.state.log_history if "loss" in r]
-    if len(rows) != TRAIN_STEPS or not all(torch.isfinite(torch.tensor(r["loss"])) for r in rows):
-        raise PSPOError(f"preflight: training ran {len(rows)} of {TRAIN_STEPS} steps or logged a non-finite loss")
-    result: dict[str, Any] = {"steps": len(rows), "generation": "vllm" if settings.get("use_vllm") else "transformers",
-                              "seconds": round(time.perf_counter() - t0, 1)}
-    if settings.get("use_vllm") and settings.get("vllm_mode", "colocate") == "colocate":
-        if trainer._last_loaded_step != TRAIN_STEPS - 1:
-            raise PSPOError("preflight: TRL did not sync the weights into vLLM before the second generation")
-        trainer.vllm_generation.sync_weights()
-        synced = _logprobs_gap(trainer)
-        with torch.no_grad():
-            weight = trainer.model.get_input_embeddings().weight  # tied: also the LM head
-            weight.add_(torch.randn_like(weight), alpha=0.5)
-        stale = _logprobs_gap(trainer)
-        trainer.vllm_generation.sync_weights()
-        after = _logprobs_gap(trainer)
-        result["sync"] = {"gap_synced": synced, "gap_stale": stale, "gap_after_sync": after}
-        if not stale > 0 or after > SYNC_TOLERANCE * stale:
-            raise PSPOError(f"preflight: after the weight sync vLLM's log-probs do not follow the policy (gap "
-                            f"{after:.3g} vs {stale:.3g} stale): TRL's sync does not reach vLLM's weights")
-    del trainer
+    try:
+        trainer.train()
+        rows = [r for r in trainer.state.log_history if "loss" in r]
+        if len(rows) != TRAIN_STEPS or not all(torch.isfinite(torch.tensor(r["loss"])) for r in rows):
+            raise PSPOError(f"preflight: training ran {len(rows)} of {TRAIN_STEPS} steps or logged a non-finite loss")
+        result: dict[str, Any] = {"steps": len(rows), "seconds": round(time.perf_counter() - t0, 1),
+                                  "generation": "vllm" if settings.get("use_vllm") else "transformers"}
+        if settings.get("use_vllm") and settings.get("vllm_mode", "colocate") == "colocate":
+            if trainer._last_loaded_step != TRAIN_STEPS - 1:
+                raise PSPOError("preflight: TRL did not sync the weights into vLLM before the second generation")
+            trainer.vllm_generation.sync_weights()
+            synced = _logprobs_gap(trainer)
+            with torch.no_grad():
+                weight = trainer.model.get_input_embeddings().weight  # tied: also the LM head
+                weight.add_(torch.randn_like(weight), alpha=0.5)
+            stale = _logprobs_gap(trainer)
+            trainer.vllm_generation.sync_weights()
+            after = _logprobs_gap(trainer)
+            result["sync"] = {"gap_synced": synced, "gap_stale": stale, "gap_after_sync": after}
+            if not stale > 0 or after > SYNC_TOLERANCE * stale:
+                raise PSPOError(f"preflight: after the weight sync vLLM's log-probs do not follow the policy (gap "
+                                f"{after:.3g} vs {stale:.3g} stale): TRL's sync does not reach vLLM's weights")
+    finally:
+        shutdown_colocated(trainer)
     return result
 
 

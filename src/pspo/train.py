@@ -158,6 +158,7 @@ def run_training(
     """
     model_name = (provenance_extra or {}).get("model") or Path(model_dir).name
     with job_device(model=model_name, require_gpu=require_gpu, threads=threads):
+        _check_gpu_memory(model_dir, grpo_settings, model_name)
         return _train(
             model_dir=model_dir, train_file=train_file, val_file=val_file, output_dir=output_dir, log_csv=log_csv,
             summary_json=summary_json, checkpoint_dir=checkpoint_dir, objective=objective, seed=seed,
@@ -165,6 +166,19 @@ def run_training(
             keep_checkpoints=keep_checkpoints, keep_checkpoints_after_training=keep_checkpoints_after_training,
             provenance_extra=provenance_extra, callbacks=callbacks, overwrite=overwrite,
         )
+
+
+def _check_gpu_memory(model_dir, grpo_settings: dict, model_name: str) -> None:
+    """On a GPU: refuse, in one line and before loading, one too small for the model's training state."""
+    import torch
+
+    if not torch.cuda.is_available() or grpo_settings.get("use_cpu"):
+        return
+    from pspo.memory import GIB, check_training_fits
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    check_training_fits(model_dir, grpo_settings, model=model_name, gpu_name=props.name,
+                        gpu_gib=props.total_memory / GIB)
 
 
 def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json, checkpoint_dir, objective, seed,

@@ -124,6 +124,20 @@ def rendezvous_scope() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def shutdown_engine(llm: Any) -> None:
+    """Stop a ``vllm.LLM``'s engine now (its engine-core process, KV cache and weights), not at process exit: a
+    process that goes on (the preflight, a test session) would otherwise hold that memory."""
+    llm.llm_engine.engine_core.shutdown()
+
+
+def shutdown_colocated(trainer: Any) -> None:
+    """:func:`shutdown_engine` for a trainer's colocated engine (TRL's ``vllm_generation.llm``), if it has one."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if getattr(generation, "llm", None) is not None:
+        shutdown_engine(generation.llm)
+        generation.llm = None
+
+
 def _ephemeral_port() -> int:
     import socket
 
@@ -168,5 +182,5 @@ def colocated_engine(*, dtype: str, enforce_eager: bool | None = None) -> Iterat
             setattr(owner, name, value)
 
 
-__all__ = ["DISTRIBUTIONS", "RENDEZVOUS_VARIABLES", "colocated_engine", "rendezvous_scope", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
+__all__ = ["DISTRIBUTIONS", "RENDEZVOUS_VARIABLES", "colocated_engine", "rendezvous_scope", "shutdown_engine", "shutdown_colocated", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
            "prepare_cpu_environment"]

@@ -541,6 +541,12 @@ class VLLMGenerator:
                            "prefill_seconds": None, "tokens_per_second": tokens / seconds if seconds > 0 else None}
         return results
 
+    def close(self) -> None:
+        """Stop vLLM's engine process now (it holds the weights and the KV cache until then)."""
+        if self.llm is not None:
+            vllm_env.shutdown_engine(self.llm)
+            self.llm = None
+
 
 def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0, threads: int | None = None,
                    vllm_enforce_eager: bool | None = None):

@@ -144,11 +144,16 @@ def evaluate(
     with job_device(model=name, require_gpu=require_gpu, threads=threads) as used_threads:
         gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed, threads=used_threads,
                                           vllm_enforce_eager=vllm_enforce_eager)
-        prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
-        outputs = gen.generate(
-            prompts, n=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-            batch_size=batch_size, progress=progress, prefix_hint=render_prompt(gen.tokenizer, "", system_prompt),
-        )
+        try:
+            prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
+            outputs = gen.generate(
+                prompts, n=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                seed=seed, batch_size=batch_size, progress=progress,
+                prefix_hint=render_prompt(gen.tokenizer, "", system_prompt),
+            )
+        finally:
+            if generator is None:  # built here: its engine (vLLM's process and KV cache) ends with the call
+                getattr(gen, "close", lambda: None)()
 
     samples = []
     for row, prompt, outs in zip(rows, prompts, outputs):
