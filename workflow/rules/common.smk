@@ -45,7 +45,6 @@ if CFG["data"]["source"] == "local":
         sys.exit(f"error: {error}")
 
 
-
 onstart:
     # snakemake --cores all on a GPU machine: at most one job per GPU, each on its own (no-op under SLURM)
     bound_local_run(workflow)

@@ -64,7 +64,7 @@ def vllm_installed() -> bool:
 
 
 # On CPU, ``auto`` keeps the transformers loop: `benchmarks/bench_eval.py --vllm` measured vLLM's CPU build 1.5x
-# faster in generation but ~28 s to load (README "Speed"), which a CPU-grid evaluation job (~8k tokens) never earns
+# faster in generation but ~28 s to load (benchmarks/README.md), which a CPU-grid evaluation job (~8k tokens) never earns
 # back.
 AUTO_PICKS_VLLM_ON_CPU = False
 
