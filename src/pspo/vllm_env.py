@@ -182,5 +182,6 @@ def colocated_engine(*, dtype: str, enforce_eager: bool | None = None) -> Iterat
             setattr(owner, name, value)
 
 
-__all__ = ["DISTRIBUTIONS", "RENDEZVOUS_VARIABLES", "colocated_engine", "rendezvous_scope", "shutdown_engine", "shutdown_colocated", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
+__all__ = ["DISTRIBUTIONS", "RENDEZVOUS_VARIABLES", "colocated_engine", "rendezvous_scope", "shutdown_engine",
+           "shutdown_colocated", "installed", "distribution", "is_cpu_build", "version_string", "cpu_preloads",
            "prepare_cpu_environment"]

@@ -64,8 +64,8 @@ def vllm_installed() -> bool:
 
 
 # On CPU, ``auto`` keeps the transformers loop: `benchmarks/bench_eval.py --vllm` measured vLLM's CPU build 1.5x
-# faster in generation but ~28 s to load (benchmarks/README.md), which a CPU-grid evaluation job (~8k tokens) never earns
-# back.
+# faster in generation but ~28 s to load (benchmarks/README.md), which a CPU-grid evaluation job (~8k tokens) never
+# earns back.
 AUTO_PICKS_VLLM_ON_CPU = False
 
 
