@@ -71,10 +71,10 @@ def check_training_fits(model_dir: str | Path, grpo: dict[str, Any], *, model: s
     need = minimum_gpu_gib(parameters, share)
     if need > gpu_gib:
         raise PSPOError(
-            f"model {model} ({parameters / 1e9:.2f}B parameters) needs {training_gib(parameters):.1f} GiB for its fp32 "
-            f"weights, gradients and AdamW moments beside vLLM's {share:.0%} share, so a GPU of at least {need:.1f} GiB; "
-            f"this {gpu_name} has {gpu_gib:.1f} GiB: ask SLURM for a larger one (--set-resources train:gpu_model=... "
-            "or train:constraint=...) or lower training.grpo.vllm_gpu_memory_utilization")
+            f"model {model} ({parameters / 1e9:.2f}B parameters) needs {training_gib(parameters):.1f} GiB for its "
+            f"fp32 weights, gradients and AdamW moments beside vLLM's {share:.0%} share, so a GPU of at least "
+            f"{need:.1f} GiB; this {gpu_name} has {gpu_gib:.1f} GiB: ask SLURM for a larger one (--set-resources "
+            "train:gpu_model=... or train:constraint=...) or lower training.grpo.vllm_gpu_memory_utilization")
 
 
 __all__ = ["GIB", "TRAINING_BYTES_PER_PARAMETER", "parameter_count", "vllm_share", "training_gib", "minimum_gpu_gib",
