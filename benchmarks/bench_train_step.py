@@ -75,7 +75,6 @@ def cpu_features() -> set[str]:
 
 def breakdown_worker(steps: int, threads: int, bf16: bool, out_dir: str) -> dict:
     """One real CPU-grid training run of ``steps`` optimiser steps, every phase timed."""
-    import json
     import collections
     import yaml
 

@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 import yaml
 
-from pspo import config as C
-from pspo.errors import PSPOError
-
 from conftest import REPO
+from pspo import config as C
+from pspo import grid as G
+from pspo import layout as L
+from pspo.errors import PSPOError
 
 
 def raw(name: str = "cpu") -> dict:
@@ -80,7 +81,7 @@ def test_grpo_field_list_matches_installed_trl():
 
 def test_alpha_independent_runs_are_trained_once():
     cfg = C.load_config(raw("cpu-study"))
-    jobs = C.train_jobs(cfg)
+    jobs = G.train_jobs(cfg)
     per_run = {}
     for job in jobs:
         per_run.setdefault(job.run, set()).add((job.alpha, job.seed))
@@ -92,29 +93,29 @@ def test_alpha_independent_runs_are_trained_once():
 
 def test_paper_grid_job_counts():
     cfg = C.load_config(REPO / "config" / "config.yaml")
-    train = C.train_jobs(cfg)
+    train = G.train_jobs(cfg)
     # 0.5B and 1.5B: clip, clip-released, noclip, noclip-mu2, sigmoid + 4 alphas = 9 runs; Qwen2-Math: clip,
     # sigmoid + 4 alphas.
     assert len(train) == (9 + 9 + 6) * 5
-    evals = C.eval_jobs(cfg)
+    evals = G.eval_jobs(cfg)
     t0 = [e for e in evals if e.temperature == 0]
     assert len(t0) == (len(train) + 3) * 4  # every checkpoint + each base model, on four benchmarks
-    assert sum(e.tag == C.BASE for e in t0) == 3 * 4  # the base model is evaluated once per benchmark
+    assert sum(e.tag == L.BASE for e in t0) == 3 * 4  # the base model is evaluated once per benchmark
 
 
 def test_grpo_settings_precedence():
     cfg = C.load_config(REPO / "config" / "config.yaml")
-    clip_job = C.find_train_job(cfg, "qwen2.5-0.5b", "clip", 3)
-    clip_05 = C.grpo_settings(cfg, clip_job)
+    clip_job = G.find_train_job(cfg, "qwen2.5-0.5b", "clip", 3)
+    clip_05 = G.grpo_settings(cfg, clip_job)
     assert (clip_05["epsilon"], clip_05["learning_rate"], clip_05["num_iterations"]) == (0.1, 1e-6, 2)
     # the job's identity travels beside its GRPO fields, not inside them
     assert clip_job.objective(cfg) == "clip" and clip_job.seed == 3 and clip_job.alpha is None
     assert not {"objective", "seed", "smoothing_alpha"} & clip_05.keys()
-    pspo_job = C.find_train_job(cfg, "qwen2.5-1.5b", "pspo-a0.2", 0)
-    pspo = C.grpo_settings(cfg, pspo_job)
+    pspo_job = G.find_train_job(cfg, "qwen2.5-1.5b", "pspo-a0.2", 0)
+    pspo = G.grpo_settings(cfg, pspo_job)
     assert (pspo_job.alpha, pspo["learning_rate"], pspo["num_iterations"]) == (0.2, 5e-7, 2)
     assert pspo["per_device_train_batch_size"] * pspo["gradient_accumulation_steps"] == 64
-    noclip = C.grpo_settings(cfg, C.TrainJob("qwen2.5-1.5b", "noclip", None, 0))
+    noclip = G.grpo_settings(cfg, G.TrainJob("qwen2.5-1.5b", "noclip", None, 0))
     assert noclip["num_iterations"] == 1 and noclip["learning_rate"] == 1e-6
 
 
@@ -131,15 +132,15 @@ def test_job_params_depend_only_on_what_they_use():
     subset["data"]["asdiv_subset"] = "pal2096"
     assert C.eval_data_settings(subset, "svamp") == C.eval_data_settings(base, "svamp")
     assert C.eval_data_settings(subset, "asdiv") != C.eval_data_settings(base, "asdiv")
-    job = C.TrainJob("smollm2-135m", "clip", None, 0)
+    job = G.TrainJob("smollm2-135m", "clip", None, 0)
     changed["runs"]["pspo"]["grpo"]["learning_rate"] = 9e-9
-    assert C.grpo_settings(changed, job) == C.grpo_settings(base, job)
+    assert G.grpo_settings(changed, job) == G.grpo_settings(base, job)
 
 
 def test_unknown_training_job_lists_valid_runs():
     cfg = C.load_config(raw("cpu-study"))
     with pytest.raises(PSPOError, match="runs for smollm2-135m: clip, noclip, noclip-mu2, pspo-a0.1, pspo-a0.5, sigmoid"):
-        C.find_train_job(cfg, "smollm2-135m", "pspo-a0.3", 0)
+        G.find_train_job(cfg, "smollm2-135m", "pspo-a0.3", 0)
 
 
 def test_command_line_strings_become_numbers_where_the_schema_wants_them():

@@ -7,13 +7,14 @@ import re
 
 import yaml
 
+from conftest import REPO
 from pspo import config as C
+from pspo import grid as G
 from pspo import layout as L
 from pspo.benchmarks import BENCHMARKS, REGISTRY, TRAIN_SETS
 from pspo.objectives import DEFAULT_ALPHA, OBJECTIVES
+from pspo.report import plan as P
 from pspo.rewards import REWARD_FUNCTIONS
-
-from conftest import REPO
 
 # README's placeholders for the layout's fields
 SHOWN = dict(model="<model>", run_id="<run>", seed="<k>", tag="<run>_seed<k>", benchmark="<bench>", temperature="<t>",
@@ -53,23 +54,23 @@ def test_readme_results_layout_is_the_layout_module():
     for path in expected:
         assert path in block, path
     assert f"(base model: {_shown(L.EVAL_PREFIX).split('/<run>')[0]}/{L.BASE}/)" in block
-    assert ", ".join(L.FIGURES) in block
+    assert ", ".join(P.FIGURES) in block
 
 
 def test_readme_lists_every_table_name():
     raw = yaml.safe_load((REPO / "config" / "cpu-study.yaml").read_text())  # trains the control
     raw["evaluation"]["sampled"] = {"runs": ["pspo"], "temperatures": [0.6]}  # and samples: every table
     cfg = C.load_config(raw)
-    names = [re.sub(r"^main_.*", "main_<model>", n) for n in L.table_names(cfg)]
-    assert "sampling" in names and L.CONTROL_TABLE in names
+    names = [re.sub(r"^main_.*", "main_<model>", n) for n in P.table_names(cfg)]
+    assert "sampling" in names and P.CONTROL_TABLE in names
     listed = re.sub(r"\s+", " ", _readme_layout().split(".{csv,md,tex}", 1)[1].split("report/figures", 1)[0]).strip()
     assert listed == ", ".join(names)
 
 
 def test_paths_fill_for_one_job():
-    job = C.TrainJob("m", "pspo", 0.1, 2)
+    job = G.TrainJob("m", "pspo", 0.1, 2)
     assert L.train_path("R", L.TRAIN_LOG, job) == "R/train/m/pspo-a0.1/seed2/log.csv"
-    ev = C.EvalJob("m", job.tag, "gsm8k", 0.6, 4)
+    ev = G.EvalJob("m", job.tag, "gsm8k", 0.6, 4)
     assert L.eval_path("R", L.EVAL_METRICS, ev) == f"R/eval/m/pspo-a0.1_seed2/{ev.stem}.metrics.json"
     assert ev.stem == "gsm8k_T0.6_n4" and L.eval_model_dir("R", "m", job.tag) == "R/train/m/pspo-a0.1/seed2/model"
     assert L.eval_model_dir("R", "m", L.BASE) == "R/models/m"
@@ -77,9 +78,9 @@ def test_paths_fill_for_one_job():
 
 def test_report_inputs_follow_the_jobs():
     cfg = C.load_config(REPO / "config" / "cpu-study.yaml")
-    inputs = L.report_inputs(cfg)
-    assert len(inputs["metrics"]) == len(inputs["samples"]) == len(C.eval_jobs(cfg))
-    assert len(inputs["train_logs"]) == len(inputs["train_summaries"]) == len(C.train_jobs(cfg))
+    inputs = P.report_inputs(cfg)
+    assert len(inputs["metrics"]) == len(inputs["samples"]) == len(G.eval_jobs(cfg))
+    assert len(inputs["train_logs"]) == len(inputs["train_summaries"]) == len(G.train_jobs(cfg))
     assert all(p.endswith(".metrics.json") for p in inputs["metrics"])
     assert len(inputs["distances"]) == 2 * 3  # alphas x seeds
 

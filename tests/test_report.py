@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 
 from pspo import config as C
+from pspo import grid as G
 from pspo import layout as L
-from pspo.report import NOT_TRAINED, build_report
+from pspo.report import plan as P
+from pspo.report.collect import NOT_TRAINED
+from pspo.report.index import build_report
 
 NO_SIGNAL = "no learning signal: every generation step had zero reward spread"
 
@@ -42,14 +45,14 @@ def report(tmp_path_factory) -> tuple[Path, dict]:
                        "sampled": {"runs": ["pspo"], "temperatures": [0.6], "n_samples": 2}},
     })
     accuracy = {"base": 0.25, "clip": 0.55, "pspo-a0.1": 0.25}
-    for job in C.eval_jobs(cfg):
-        run_id = "base" if job.tag == C.BASE else C.TAG_RE.match(job.tag)["run_id"]
+    for job in G.eval_jobs(cfg):
+        run_id = "base" if job.tag == L.BASE else L.TAG_RE.match(job.tag)["run_id"]
         _write(results / "eval" / job.model / job.tag / f"{job.stem}.metrics.json", _metrics(accuracy[run_id]))
         # greedy answers: clip changed 2 of 4 from the base model's, pspo (not trained) none
         answers = [f"#### {i}" if run_id != "clip" or i < 2 else "#### 7" for i in range(4)]
         (results / "eval" / job.model / job.tag / f"{job.stem}.samples.jsonl").write_text(
             "".join(json.dumps({"id": f"q{i}", "completion": a}) + "\n" for i, a in enumerate(answers)))
-    for job in C.train_jobs(cfg):
+    for job in G.train_jobs(cfg):
         run_dir = results / "train" / job.model / job.run_id / f"seed{job.seed}"
         run_dir.mkdir(parents=True)
         (run_dir / "log.csv").write_text("step,reward,grad_norm\n1,0.5,0.1\n2,0.6,0.2\n")
@@ -59,7 +62,7 @@ def report(tmp_path_factory) -> tuple[Path, dict]:
         else:
             summary = {} if job.seed == 0 else {"trained": True, "warnings": []}
         _write(run_dir / "summary.json", summary)
-    build_report(cfg, L.report_inputs(cfg), results / "index.md")
+    build_report(cfg, P.report_inputs(cfg), results / "index.md")
     return results, cfg
 
 
@@ -115,7 +118,7 @@ def test_index_has_no_warnings_section_when_every_run_learned(report, tmp_path):
     for seed in (0, 1):
         _write(tmp_path / "train" / "qwen" / "pspo-a0.1" / f"seed{seed}" / "summary.json", {"trained": True})
     moved = {**cfg, "results_dir": str(tmp_path)}
-    build_report(moved, L.report_inputs(moved), tmp_path / "index.md")
+    build_report(moved, P.report_inputs(moved), tmp_path / "index.md")
     index = (tmp_path / "index.md").read_text()
     assert "## Warnings" not in index and NOT_TRAINED not in index
 
@@ -129,7 +132,7 @@ def test_response_quality_says_how_many_greedy_answers_training_changed(report):
 
 
 def test_reported_table_compares_the_paper_clip_with_the_released_script_too():
-    from pspo.report import table_reported
+    from pspo.report.tables import table_reported
 
     cfg = C.load_config({
         "seeds": [0], "models": {"qwen": {"source": "hub", "path": "Qwen/Qwen2.5-0.5B"}},

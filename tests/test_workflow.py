@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from pspo import config as C
+from pspo import grid as G
 from pspo import layout as L
 from pspo import miniature, vllm_env
-
-from conftest import REPO
+from pspo.report import plan as P
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -59,15 +60,15 @@ def ci_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
 
 def test_every_table_and_figure_exists_and_is_non_empty(ci_run):
     results, cfg = ci_run
-    for name in L.table_names(cfg):
+    for name in P.table_names(cfg):
         for ext in ("csv", "md", "tex"):
             path = results / "report" / "tables" / f"{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 0, path
-    for name in L.figure_names(cfg):
+    for name in P.figure_names(cfg):
         for ext in ("png", "pdf"):
             path = results / "report" / "figures" / f"{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 1000, path
-    assert (results / "index.md").read_text().count("report/tables/") >= len(L.table_names(cfg))
+    assert (results / "index.md").read_text().count("report/tables/") >= len(P.table_names(cfg))
 
 
 def test_main_table_has_every_method_and_benchmark(ci_run):
@@ -86,7 +87,7 @@ def test_metrics_carry_provenance_and_match_their_samples(ci_run):
     from pspo.evaluation import metrics_from_samples
 
     results, cfg = ci_run
-    for job in C.eval_jobs(cfg):
+    for job in G.eval_jobs(cfg):
         stem = results / "eval" / job.model / job.tag / job.stem  # the stem holds dots (T0.6): no with_suffix
         metrics = json.loads(Path(f"{stem}.metrics.json").read_text())
         prov = metrics["provenance"]
@@ -97,7 +98,7 @@ def test_metrics_carry_provenance_and_match_their_samples(ci_run):
 
 def test_training_logs_show_the_objectives_differ_only_on_reuse(ci_run):
     results, cfg = ci_run
-    for job in C.train_jobs(cfg):
+    for job in G.train_jobs(cfg):
         log = pd.read_csv(results / "train" / job.model / job.run_id / f"seed{job.seed}" / "log.csv", comment="#")
         assert len(log) >= 1 and log["reward"].notna().any()
         summary = json.loads((results / "train" / job.model / job.run_id / f"seed{job.seed}" / "summary.json").read_text())
@@ -118,7 +119,7 @@ def test_paper_grid_code_path_ran(ci_run):
     assert ready["evaluation"]["backend"] == "vllm"
     grpo = cfg["training"]["grpo"]
     assert grpo["use_vllm"] and grpo["top_p"] < 1 and grpo["load_best_model_at_end"]
-    for job in C.train_jobs(cfg):
+    for job in G.train_jobs(cfg):
         run_dir = results / "train" / job.model / job.run_id / f"seed{job.seed}"
         summary = json.loads((run_dir / "summary.json").read_text())
         log = pd.read_csv(run_dir / "log.csv", comment="#")
@@ -131,11 +132,11 @@ def test_paper_grid_code_path_ran(ci_run):
         assert generation["weight_syncs"] >= 2, job.tag
         assert summary["best_model_checkpoint"], job.tag
         assert not any(c.startswith("sampling/importance_sampling_ratio") for c in log.columns)
-    for job in C.eval_jobs(cfg):
+    for job in G.eval_jobs(cfg):
         metrics = json.loads(Path(L.eval_path(str(results), L.EVAL_METRICS, job)).read_text())
         assert metrics["generation"]["backend"] == "vllm", job.stem
         assert metrics["provenance"]["versions"]["vllm"] == vllm_env.version_string()
-    assert any(job.n_samples > 1 for job in C.eval_jobs(cfg))
+    assert any(job.n_samples > 1 for job in G.eval_jobs(cfg))
 
 
 def test_vllm_evaluation_agrees_with_the_transformers_backend(ci_run, tmp_path):
@@ -144,7 +145,7 @@ def test_vllm_evaluation_agrees_with_the_transformers_backend(ci_run, tmp_path):
     from pspo.io import read_jsonl
 
     results, cfg = ci_run
-    for job in C.eval_jobs(cfg):
+    for job in G.eval_jobs(cfg):
         if job.n_samples != 1 or job.benchmark != "gsm8k":
             continue
         stem = L.eval_path(str(results), L.EVAL_PREFIX, job)
@@ -165,7 +166,7 @@ def test_ci_grid_learns(ci_run):
     equal rewards would have zero gradients and equal its base model (the failure this guards against).
     """
     results, cfg = ci_run
-    for job in C.train_jobs(cfg):
+    for job in G.train_jobs(cfg):
         run_dir = results / "train" / job.model / job.run_id / f"seed{job.seed}"
         log = pd.read_csv(run_dir / "log.csv", comment="#")
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -22,7 +22,9 @@ from pspo.evaluation.backends import BACKENDS, DTYPES
 from pspo.io import read_jsonl, write_jsonl_atomic
 from pspo.models import prepare_model
 from pspo.objectives import OBJECTIVES
-from pspo.report import build_report, figure_surrogate
+from pspo.report import plan
+from pspo.report.figures import figure_surrogate
+from pspo.report.index import build_report
 from pspo.rewards import REWARD_FUNCTIONS, completion_text
 from pspo.train import run_training
 
@@ -159,10 +161,10 @@ def report(a: argparse.Namespace) -> int:
     """Build every table and figure of a finished run (the files the workflow wrote under results_dir)."""
     cfg = pspo_config.load_config(a.configfile)
     R = cfg["results_dir"]
-    figure_surrogate(*(layout.path(R, layout.FIGURE, name=layout.SURROGATE_FIGURE, ext=e) for e in layout.FIGURE_EXTS),
+    figure_surrogate(*(layout.path(R, layout.FIGURE, name=plan.SURROGATE_FIGURE, ext=e) for e in layout.FIGURE_EXTS),
                      cfg["report"]["figure1_epsilon"], cfg["report"]["figure1_alpha"])
     index = layout.path(R, layout.INDEX)
-    build_report(pspo_config.report_settings(cfg), layout.report_inputs(cfg), index)
+    build_report(pspo_config.report_settings(cfg), plan.report_inputs(cfg), index)
     print(index)
     return 0
 

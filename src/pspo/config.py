@@ -12,7 +12,6 @@ import copy
 import difflib
 import functools
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pspo.errors import PSPOError
-from pspo.layout import BASE, EVAL_STEM, TAG, TAG_RE  # noqa: F401 - TAG_RE parses the tags this grid makes
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 
@@ -186,7 +184,7 @@ def _check_semantics(cfg: dict) -> None:
             _check_grpo_keys(f"models.{name}.hyperparameters.{run}", settings)
     for model_name in cfg["models"]:
         for name in runs:
-            _check_vllm_sampling(f"models.{model_name}, run {name}", _merged_grpo(cfg, model_name, name))
+            _check_vllm_sampling(f"models.{model_name}, run {name}", merged_grpo(cfg, model_name, name))
     for name in runs:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
             raise PSPOError(f"config: run name {name!r} may use only letters, digits, '.' and '-'")
@@ -220,6 +218,22 @@ def _check_semantics(cfg: dict) -> None:
         raise PSPOError(f"config: seeds {cfg['seeds']} has duplicates")
 
 
+def merged_grpo(cfg: dict, model: str, run: str) -> dict[str, Any]:
+    """The GRPO fields of one (model, run): shared training.grpo < runs.<run>.grpo < models.<m>.hyperparameters.<run>.
+
+    Only GRPOConfig fields: a job's objective, alpha and seed are its own, and the schema refuses them here
+    (MANAGED_GRPO_KEYS)."""
+    settings = dict(cfg["training"]["grpo"])
+    settings.update(cfg["runs"][run]["grpo"])
+    settings.update(cfg["models"][model]["hyperparameters"].get(run, {}))
+    return settings
+
+
+def run_label(cfg: dict, run: str, alpha: float | None = None) -> str:
+    label = cfg["runs"][run].get("label") or run
+    return label if alpha is None else f"{label} (α={alpha:g})"
+
+
 def load_config(path_or_dict: str | Path | dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     if isinstance(path_or_dict, dict):
         raw = path_or_dict
@@ -232,115 +246,6 @@ def load_config(path_or_dict: str | Path | dict, schema_path: str | Path = SCHEM
         except yaml.YAMLError as e:
             raise PSPOError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     return validate(raw, schema_path)
-
-
-# --- the job grid -----------------------------------------------------------------------------------------------
-
-def run_id(run_name: str, alpha: float | None) -> str:
-    """The directory name of a trained run: the run name, plus ``-a<alpha>`` for alpha-dependent objectives."""
-    return run_name if alpha is None else f"{run_name}-a{alpha:g}"
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    model: str
-    run: str  # key of cfg["runs"]
-    alpha: float | None
-    seed: int
-
-    @property
-    def run_id(self) -> str:
-        return run_id(self.run, self.alpha)
-
-    @property
-    def tag(self) -> str:
-        return TAG.format(run_id=self.run_id, seed=self.seed)
-
-    def objective(self, cfg: dict) -> str:
-        return cfg["runs"][self.run]["objective"]
-
-
-def model_runs(cfg: dict, model: str) -> list[str]:
-    selected = cfg["models"][model]["runs"]
-    return list(cfg["runs"]) if selected is None else list(selected)
-
-
-def run_alphas(cfg: dict, run: str) -> list[float | None]:
-    """Alpha-independent objectives are trained once, not once per alpha."""
-    return list(cfg["alphas"]) if cfg["runs"][run]["objective"] == "pspo" else [None]
-
-
-def train_jobs(cfg: dict) -> list[TrainJob]:
-    return [
-        TrainJob(model, run, alpha, seed)
-        for model in cfg["models"]
-        for run in model_runs(cfg, model)
-        for alpha in run_alphas(cfg, run)
-        for seed in cfg["seeds"]
-    ]
-
-
-def find_train_job(cfg: dict, model: str, run_id_: str, seed: int) -> TrainJob:
-    for job in train_jobs(cfg):
-        if job.model == model and job.run_id == run_id_ and job.seed == int(seed):
-            return job
-    known = sorted({j.run_id for j in train_jobs(cfg) if j.model == model})
-    raise PSPOError(f"no training job {model}/{run_id_}/seed{seed} in this config; runs for {model}: {', '.join(known)}")
-
-
-def grpo_settings(cfg: dict, job: TrainJob) -> dict[str, Any]:
-    """The GRPO fields of one job: shared training.grpo < runs.<run>.grpo < models.<m>.hyperparameters.<run>.
-
-    Only GRPOConfig fields: the job's objective, alpha and seed are its own (``job.objective(cfg)``, ``job.alpha``,
-    ``job.seed``), and the schema refuses them here (MANAGED_GRPO_KEYS)."""
-    return _merged_grpo(cfg, job.model, job.run)
-
-
-def _merged_grpo(cfg: dict, model: str, run: str) -> dict[str, Any]:
-    settings = dict(cfg["training"]["grpo"])
-    settings.update(cfg["runs"][run]["grpo"])
-    settings.update(cfg["models"][model]["hyperparameters"].get(run, {}))
-    return settings
-
-
-def run_label(cfg: dict, run: str, alpha: float | None = None) -> str:
-    label = cfg["runs"][run].get("label") or run
-    return label if alpha is None else f"{label} (α={alpha:g})"
-
-
-@dataclass(frozen=True)
-class EvalJob:
-    model: str
-    tag: str  # "base" or TrainJob.tag
-    benchmark: str
-    temperature: float
-    n_samples: int
-
-    @property
-    def stem(self) -> str:
-        return EVAL_STEM.format(benchmark=self.benchmark, temperature=f"{self.temperature:g}", n=self.n_samples)
-
-
-def eval_jobs(cfg: dict) -> list[EvalJob]:
-    ev = cfg["evaluation"]
-    jobs = []
-    for model in cfg["models"]:
-        tags = [BASE] + [j.tag for j in train_jobs(cfg) if j.model == model]
-        jobs += [EvalJob(model, tag, b, 0.0, 1) for tag in tags for b in ev["benchmarks"]]
-    sampled = ev["sampled"]
-    for job in train_jobs(cfg):
-        if job.run in sampled["runs"] and job.alpha in (None, cfg["main_alpha"]):
-            jobs += [
-                EvalJob(job.model, job.tag, b, t, sampled["n_samples"])
-                for b in sampled["benchmarks"]
-                for t in sampled["temperatures"]
-            ]
-    if sampled["runs"]:
-        for model in cfg["models"]:
-            jobs += [
-                EvalJob(model, BASE, b, t, sampled["n_samples"]) for b in sampled["benchmarks"] for t in sampled["temperatures"]
-            ]
-    return jobs
 
 
 # --- what each job depends on -------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The results layout: every path the workflow writes under ``results_dir``, and the report's table and figure names.
+"""The results layout: every path the workflow writes under ``results_dir``.
 
-The path templates are Snakemake wildcard patterns (``{model}``, ``{run_id}``...), so the rules use them as they
-are and the package fills them for one job with :func:`path`; README's "Results layout" section is checked against
-them by a test. Kept free of heavy imports: the Snakefile reads it to plan the DAG.
+The path templates are Snakemake wildcard patterns (``{model}``, ``{run_id}``...): the rules use them as they are,
+and :func:`path` fills them for one job. README's "Results layout" section is checked against them by a test.
+Imports nothing of ``pspo``: every other module may use it.
 """
 
 from __future__ import annotations
@@ -50,9 +50,6 @@ LOG_REPORT = "logs/report/report.log"
 
 TABLE_EXTS = ("csv", "md", "tex")
 FIGURE_EXTS = ("png", "pdf")
-SURROGATE_FIGURE = "figure1_surrogate"  # made by its own rule, before the report
-FIGURES = (SURROGATE_FIGURE, "training_curves", "accuracy")
-CONTROL_TABLE = CONTROL_FIGURE = "pspo_vs_control"
 
 
 def path(results_dir: str, template: str, **fields) -> str:
@@ -68,12 +65,12 @@ def record(template: str) -> str:
 
 
 def train_path(results_dir: str, template: str, job) -> str:
-    """A training template (TRAIN_*, CHECKPOINTS) filled for one ``pspo.config.TrainJob``."""
+    """A training template (TRAIN_*, CHECKPOINTS) filled for one ``pspo.grid.TrainJob``."""
     return path(results_dir, template, model=job.model, run_id=job.run_id, seed=job.seed)
 
 
 def eval_path(results_dir: str, template: str, job) -> str:
-    """An evaluation template (EVAL_*) filled for one ``pspo.config.EvalJob``."""
+    """An evaluation template (EVAL_*) filled for one ``pspo.grid.EvalJob``."""
     return path(results_dir, template, model=job.model, tag=job.tag, benchmark=job.benchmark,
                 temperature=job.temperature, n=job.n_samples)
 
@@ -86,51 +83,9 @@ def eval_model_dir(results_dir: str, model: str, tag: str) -> str:
     return path(results_dir, TRAIN_MODEL, model=model, run_id=match["run_id"], seed=match["seed"])
 
 
-def table_names(cfg: dict) -> list[str]:
-    """The report's tables, in the order index.md lists them."""
-    from pspo.control import control_pairs
-
-    names = ["hyperparameters"] + [f"main_{m}" for m in cfg["models"]]
-    names += ["alpha_ablation", "response_quality", "reported_vs_reproduced", "provenance"]
-    if cfg["evaluation"]["sampled"]["runs"] and cfg["evaluation"]["sampled"]["temperatures"]:
-        names.append("sampling")
-    if control_pairs(cfg):
-        names.append(CONTROL_TABLE)
-    return names
-
-
-def figure_names(cfg: dict) -> list[str]:
-    """FIGURES, plus GR-PSPO against its control where the grid trains both."""
-    from pspo.control import control_pairs
-
-    return list(FIGURES) + ([CONTROL_FIGURE] if control_pairs(cfg) else [])
-
-
-def report_inputs(cfg: dict) -> dict[str, list[str]]:
-    """The files the report reads, each list in the order of the config's jobs: the report rule's input."""
-    from pspo.config import eval_jobs, train_jobs
-    from pspo.control import control_pairs
-
-    R, evals, trains = cfg["results_dir"], eval_jobs(cfg), train_jobs(cfg)
-    return {
-        "metrics": [eval_path(R, EVAL_METRICS, j) for j in evals],
-        "samples": [eval_path(R, EVAL_SAMPLES, j) for j in evals],
-        "train_logs": [train_path(R, TRAIN_LOG, j) for j in trains],
-        "train_summaries": [train_path(R, TRAIN_SUMMARY, j) for j in trains],
-        "distances": [path(R, DISTANCE, model=j.model, tag=j.tag) for j, _ in control_pairs(cfg)],
-    }
-
-
 def report_files(results_dir: str, tables: list[str], figures: list[str]) -> dict[str, list[str]]:
     """Every file of the report: each table in each of TABLE_EXTS, each figure in each of FIGURE_EXTS."""
     return {
         "tables": [path(results_dir, TABLE, name=n, ext=e) for n in tables for e in TABLE_EXTS],
         "figures": [path(results_dir, FIGURE, name=n, ext=e) for n in figures for e in FIGURE_EXTS],
     }
-
-
-__all__ = [
-    "BASE", "TAG", "TAG_RE", "EVAL_STEM", "path", "record", "train_path", "eval_path", "eval_model_dir",
-    "report_inputs", "table_names", "figure_names", "report_files", "TABLE_EXTS", "FIGURE_EXTS", "FIGURES",
-    "SURROGATE_FIGURE", "CONTROL_TABLE", "CONTROL_FIGURE"
-]

@@ -70,7 +70,7 @@ def _load_rows(path: str | os.PathLike, system_prompt: str | None) -> list[dict]
 def weight_change(model, base_dir: str | os.PathLike) -> dict:
     """How far training moved the weights: ||theta - theta_0|| / ||theta_0|| over every parameter of the base
     checkpoint (float64 sums), and the largest absolute change. 0 means the "trained" model is its base."""
-    from pspo.control import distances, load_weights
+    from pspo.weights import distances, load_weights
 
     base = load_weights(base_dir)
     dist, base_norm, compared = distances(base, {"moved": (dict(model.named_parameters()), base)})

@@ -1,4 +1,4 @@
-# Config validation and the job grid. The grid logic lives in pspo.config and every path in pspo.layout, so tests
+# Config validation and the job grid. The grid logic lives in pspo.grid and every path in pspo.layout, so tests
 # can call them without Snakemake.
 import os
 import re
@@ -17,7 +17,8 @@ os.environ.update(
 from pspo import config as pspo_config
 from pspo import layout as L
 from pspo.benchmarks import BENCHMARKS, GENERATED, TRAIN_SETS
-from pspo.control import control_pairs
+from pspo import grid
+from pspo.report import plan
 from pspo.errors import PSPOError
 from pspo.gpu_slots import bound_local_run
 
@@ -56,9 +57,9 @@ R = CFG["results_dir"]
 CPU_ENV = "../../envs/cpu.yaml"
 STACK_ENV = f"../../envs/{CFG['software_env']}.yaml"
 MODELS = list(CFG["models"])
-TRAIN_JOBS = pspo_config.train_jobs(CFG)
-EVAL_JOBS = pspo_config.eval_jobs(CFG)
-CONTROL_PAIRS = control_pairs(CFG)
+TRAIN_JOBS = grid.train_jobs(CFG)
+EVAL_JOBS = grid.eval_jobs(CFG)
+CONTROL_PAIRS = grid.control_pairs(CFG)
 
 
 def out(template):
@@ -76,7 +77,7 @@ wildcard_constraints:
 
 
 def train_job(wildcards):
-    return pspo_config.find_train_job(
+    return grid.find_train_job(
         CFG, wildcards.model, wildcards.run_id, wildcards.seed
     )
 
@@ -124,8 +125,8 @@ def control_model_dir(wildcards):
     return L.train_path(R, L.TRAIN_MODEL, _control_of(wildcards))
 
 
-REPORT_FILES = L.report_files(R, L.table_names(CFG), L.figure_names(CFG))
-SURROGATE_FILES = L.report_files(R, [], [L.SURROGATE_FIGURE])["figures"]  # its own rule
+REPORT_FILES = L.report_files(R, plan.table_names(CFG), plan.figure_names(CFG))
+SURROGATE_FILES = L.report_files(R, [], [plan.SURROGATE_FIGURE])["figures"]  # its own rule
 
 
 def report_outputs():

@@ -39,7 +39,7 @@ rule weight_distance:
 
 rule report:
     input:
-        **L.report_inputs(CFG),
+        **plan.report_inputs(CFG),
         figure1=SURROGATE_FILES[0],
     output:
         tables=report(REPORT_FILES["tables"], category="Tables"),

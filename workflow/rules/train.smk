@@ -26,7 +26,7 @@ rule train:
         objective=lambda w: train_job(w).objective(CFG),
         alpha=lambda w: train_job(w).alpha,
         seed=lambda w: train_job(w).seed,
-        grpo=lambda w: pspo_config.grpo_settings(CFG, train_job(w)),
+        grpo=lambda w: grid.grpo_settings(CFG, train_job(w)),
         checkpoint_dir=lambda w: L.train_path(R, L.CHECKPOINTS, train_job(w)),
         reward=CFG["training"]["reward"],
         keep_checkpoints=CFG["training"]["keep_checkpoints"],

@@ -1,5 +1,5 @@
-"""Thin adapter: the paper's Figure 1 (pspo.report.figure_surrogate)."""
-from pspo.report import figure_surrogate
+"""Thin adapter: the paper's Figure 1 (pspo.report.figures.figure_surrogate)."""
+from pspo.report.figures import figure_surrogate
 from pspo.workflow import run_job
 
 run_job(

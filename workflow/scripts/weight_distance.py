@@ -1,5 +1,5 @@
-"""Thin adapter: weight distances of a GR-PSPO model, its GRPO-noclip (mu=2) control and the base (pspo.control)."""
-from pspo.control import write_distances
+"""Thin adapter: weight distances of a GR-PSPO model, its GRPO-noclip (mu=2) control and the base (pspo.weights)."""
+from pspo.weights import write_distances
 from pspo.workflow import run_job
 
 i = snakemake.input

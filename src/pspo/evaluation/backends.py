@@ -17,7 +17,6 @@ token, nothing after it), the decoded text (special tokens skipped) and ``finish
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass

@@ -1,7 +1,7 @@
 """Reading a finished grid back: one row per evaluation from its metrics file, each training run's status and log,
 and the statistics over seeds the tables are made of.
 
-The input files come from the caller (the report rule's ``snakemake.input``, or :func:`pspo.layout.report_inputs`),
+The input files come from the caller (the report rule's ``snakemake.input``, or :func:`pspo.report.plan.report_inputs`),
 listed in the order of the config's jobs; nothing here rebuilds a path. A training run whose summary.json says it had
 no learning signal (pspo.train's ``"trained": false``) ended equal to its base model, so its accuracy is not a result.
 """
@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from pspo import config as pspo_config
+from pspo import grid
+from pspo.config import run_label
 from pspo.errors import PSPOError
 from pspo.evaluation.metrics import wilson_interval
 from pspo.io import read_json
@@ -23,13 +24,13 @@ from pspo.layout import BASE
 NOT_TRAINED = "not trained (no learning signal)"
 
 
-def _job_identity(cfg: dict, job: pspo_config.EvalJob, trained: dict) -> dict:
+def _job_identity(cfg: dict, job: grid.EvalJob, trained: dict) -> dict:
     if job.tag == BASE:
         return {"run": "base", "run_id": "base", "objective": "base", "alpha": None, "seed": None, "label": "Base model"}
     train = trained[(job.model, job.tag)]
     return {
         "run": train.run, "run_id": train.run_id, "objective": cfg["runs"][train.run]["objective"],
-        "alpha": train.alpha, "seed": train.seed, "label": pspo_config.run_label(cfg, train.run, train.alpha),
+        "alpha": train.alpha, "seed": train.seed, "label": run_label(cfg, train.run, train.alpha),
     }
 
 
@@ -50,7 +51,7 @@ def paired(jobs: list, paths, what: str) -> list[tuple[Any, Path]]:
 def collect_train_status(cfg: dict, summaries) -> dict[tuple[str, str, int], dict]:
     """Per training job (model, run_id, seed): ``trained`` and ``warnings``, read from its summary.json."""
     out = {}
-    for job, path in paired(pspo_config.train_jobs(cfg), summaries, "training summary"):
+    for job, path in paired(grid.train_jobs(cfg), summaries, "training summary"):
         if not path.is_file():
             raise PSPOError(f"{path}: training summary missing; rerun the workflow to train {job.tag}")
         summary = read_json(path)
@@ -63,8 +64,8 @@ def collect_metrics(cfg: dict, metrics_files, status: dict) -> pd.DataFrame:
     """One row per evaluation job of the config, read from its metrics JSON; ``trained`` from ``status``
     (:func:`collect_train_status`; the base model counts as trained)."""
     rows = []
-    trained = {(job.model, job.tag): job for job in pspo_config.train_jobs(cfg)}
-    for job, path in paired(pspo_config.eval_jobs(cfg), metrics_files, "metrics"):
+    trained = {(job.model, job.tag): job for job in grid.train_jobs(cfg)}
+    for job, path in paired(grid.eval_jobs(cfg), metrics_files, "metrics"):
         m = read_json(path)
         ci = m["accuracy_ci95"]
         train = trained.get((job.model, job.tag))  # None: the base model
@@ -85,12 +86,12 @@ def collect_metrics(cfg: dict, metrics_files, status: dict) -> pd.DataFrame:
 
 def collect_train_logs(cfg: dict, log_files) -> pd.DataFrame:
     frames = []
-    for job, path in paired(pspo_config.train_jobs(cfg), log_files, "training log"):
+    for job, path in paired(grid.train_jobs(cfg), log_files, "training log"):
         if not path.is_file():
             raise PSPOError(f"{path}: training log missing; rerun the workflow to train {job.tag}")
         df = pd.read_csv(path, comment="#")
         df["model"], df["run_id"], df["seed"] = job.model, job.run_id, job.seed
-        df["label"] = pspo_config.run_label(cfg, job.run, job.alpha)
+        df["label"] = run_label(cfg, job.run, job.alpha)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -1,7 +1,7 @@
 """The report of a finished grid: every table and figure from the collected results, then index.md listing them.
 
 ``build_report`` is the report rule's one call: the config sections it reads (``pspo.config.report_settings``) and
-the input files the rule lists (``snakemake.input``, or :func:`pspo.layout.report_inputs` outside the workflow).
+the input files the rule lists (``snakemake.input``, or :func:`pspo.report.plan.report_inputs` outside the workflow).
 index.md lists every training run's warnings first (a run without learning signal is no result), then the files.
 """
 
@@ -12,15 +12,25 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from pspo import config as pspo_config
-from pspo import control, layout
+from pspo import grid, layout
 from pspo.errors import PSPOError
 from pspo.io import write_text_atomic
-from pspo.report.collect import paired, collect_metrics, collect_train_logs, collect_train_status, summarise
+from pspo.report import control, plan
+from pspo.report.collect import collect_metrics, collect_train_logs, collect_train_status, paired, summarise
 from pspo.report.figures import figure_accuracy, figure_paths, figure_training_curves
 from pspo.report.tables import (
-    changed_vs_base, main_rows, main_run_ids, provenance_line, run_provenance, table_alpha_ablation,
-    table_hyperparameters, table_provenance, table_reported, table_response_quality, table_sampling, write_table,
+    changed_vs_base,
+    main_rows,
+    main_run_ids,
+    provenance_line,
+    run_provenance,
+    table_alpha_ablation,
+    table_hyperparameters,
+    table_provenance,
+    table_reported,
+    table_response_quality,
+    table_sampling,
+    write_table,
 )
 
 CONTROL_TITLE = ("GR-PSPO vs its control GRPO-noclip (mu=2), same seed and data: weight distances relative to "
@@ -32,10 +42,10 @@ def build_report(cfg: dict, inputs: Mapping[str, Sequence[str]], index_path: str
     """Every table and figure but Figure 1 (its own rule), and index.md. ``inputs``: lists of files named
     ``metrics``, ``samples`` (aligned with the config's evaluation jobs), ``train_logs``, ``train_summaries``
     (its training jobs) and ``distances`` (its GR-PSPO/control pairs)."""
-    R, names = cfg["results_dir"], layout.table_names(cfg)
+    R, names = cfg["results_dir"], plan.table_names(cfg)
     status = collect_train_status(cfg, inputs["train_summaries"])
     df = collect_metrics(cfg, inputs["metrics"], status)
-    df["changed_vs_base"] = changed_vs_base(df, dict(paired(pspo_config.eval_jobs(cfg), inputs["samples"],
+    df["changed_vs_base"] = changed_vs_base(df, dict(paired(grid.eval_jobs(cfg), inputs["samples"],
                                                              "samples")))
     summary = summarise(df[df.temperature == 0])
     prov = run_provenance(cfg, df)
@@ -57,12 +67,12 @@ def build_report(cfg: dict, inputs: Mapping[str, Sequence[str]], index_path: str
     if "sampling" in names:
         tables["sampling"] = ("Sampled evaluation: pass@k and majority vote (%), means over seeds", table_sampling(df))
     logs = collect_train_logs(cfg, inputs["train_logs"])
-    if layout.CONTROL_TABLE in names:
-        pairs = control.control_pairs(cfg)
+    if plan.CONTROL_TABLE in names:
+        pairs = grid.control_pairs(cfg)
         drift = control.table_control(cfg, pairs, logs, inputs["distances"])
-        tables[layout.CONTROL_TABLE] = (CONTROL_TITLE, drift)
-        control.figure_control(cfg, pairs, logs, drift, figure_paths(R, layout.CONTROL_FIGURE))
-    if list(tables) != names:  # the workflow declared layout.table_names as the rule's outputs
+        tables[plan.CONTROL_TABLE] = (CONTROL_TITLE, drift)
+        control.figure_control(cfg, pairs, logs, drift, figure_paths(R, plan.CONTROL_FIGURE))
+    if list(tables) != names:  # the workflow declared plan.table_names as the rule's outputs
         raise PSPOError(f"the report built tables {list(tables)} but the layout names {names}; make them agree")
     for name, (title, table) in tables.items():
         write_table(table, R, name, title, prov)
@@ -86,7 +96,7 @@ def write_index(cfg: dict, path: Path, tables: dict, prov: dict, warnings: Seque
     for name, (title, _) in tables.items():
         lines.append(f"- {title}: {_links(layout.TABLE, name, ('md', 'csv', 'tex'))}")
     lines += ["", "## Figures", ""]
-    for name in layout.figure_names(cfg):
+    for name in plan.figure_names(cfg):
         lines.append(f"- {name}: {_links(layout.FIGURE, name, layout.FIGURE_EXTS)}")
     samples = layout.EVAL_SAMPLES.format(model="<model>", tag="<run>_seed<k>", benchmark="<benchmark>",
                                          temperature="<t>", n="<n>")

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from pspo import config as pspo_config
-from pspo import layout
+from pspo import grid, layout
 from pspo.benchmarks import LABELS
+from pspo.config import run_label
 from pspo.io import write_text_atomic
 from pspo.layout import BASE, TABLE_EXTS
 from pspo.provenance import config_hash, git_commit, package_versions
@@ -40,12 +40,12 @@ REPORTED = [
 def table_hyperparameters(cfg: dict) -> pd.DataFrame:
     rows = []
     for model, spec in cfg["models"].items():
-        for run in pspo_config.model_runs(cfg, model):
-            alphas = pspo_config.run_alphas(cfg, run)
-            job = pspo_config.TrainJob(model, run, alphas[0], cfg["seeds"][0])
-            s, objective = pspo_config.grpo_settings(cfg, job), job.objective(cfg)
+        for run in grid.model_runs(cfg, model):
+            alphas = grid.run_alphas(cfg, run)
+            job = grid.TrainJob(model, run, alphas[0], cfg["seeds"][0])
+            s, objective = grid.grpo_settings(cfg, job), job.objective(cfg)
             rows.append({
-                "model": spec["path"] or model, "method": pspo_config.run_label(cfg, run),
+                "model": spec["path"] or model, "method": run_label(cfg, run),
                 "objective": objective, "mu": s.get("num_iterations", 1),
                 "epsilon": s.get("epsilon", 0.2) if objective == "clip" else None,
                 "alpha": ", ".join(f"{a:g}" for a in alphas) if objective == "pspo" else None,
@@ -85,10 +85,10 @@ def main_rows(cfg: dict, summary: pd.DataFrame, model: str, run_ids: list[str]) 
 
 def main_run_ids(cfg: dict, model: str) -> list[str]:
     out = []
-    for run in pspo_config.model_runs(cfg, model):
-        alphas = pspo_config.run_alphas(cfg, run)
+    for run in grid.model_runs(cfg, model):
+        alphas = grid.run_alphas(cfg, run)
         alpha = cfg["main_alpha"] if alphas != [None] else None
-        out.append(pspo_config.run_id(run, alpha))
+        out.append(grid.run_id(run, alpha))
     return out
 
 
@@ -96,9 +96,9 @@ def table_alpha_ablation(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for model in cfg["models"]:
         ids = [
-            pspo_config.run_id(run, a)
-            for run in pspo_config.model_runs(cfg, model)
-            for a in pspo_config.run_alphas(cfg, run)
+            grid.run_id(run, a)
+            for run in grid.model_runs(cfg, model)
+            for a in grid.run_alphas(cfg, run)
             if a is not None or cfg["runs"][run]["objective"] == "noclip"
         ]
         df = main_rows(cfg, summary, model, ids)
@@ -115,7 +115,7 @@ def changed_vs_base(df: pd.DataFrame, samples: dict) -> pd.Series:
     from pspo.io import read_jsonl
 
     def completions(model: str, tag: str, benchmark: str) -> dict:
-        greedy = pspo_config.EvalJob(model, tag, benchmark, 0.0, 1)
+        greedy = grid.EvalJob(model, tag, benchmark, 0.0, 1)
         return {r["id"]: r["completion"] for r in read_jsonl(samples[greedy])}
 
     base_cache: dict = {}
@@ -171,10 +171,10 @@ RELEASED_CLIP_RUN = "clip-released"
 
 def _reported_hit(cfg: dict, summary: pd.DataFrame, model: str, benchmark: str, objective: str,
                   released: bool) -> pd.DataFrame:
-    runs = [run for run in pspo_config.model_runs(cfg, model) if (run == RELEASED_CLIP_RUN) == released
+    runs = [run for run in grid.model_runs(cfg, model) if (run == RELEASED_CLIP_RUN) == released
             and cfg["runs"][run]["objective"] == objective
             and (objective != "noclip" or cfg["runs"][run]["grpo"].get("num_iterations", 1) == 1)]
-    run_ids = [pspo_config.run_id(run, cfg["main_alpha"] if objective == "pspo" else None) for run in runs]
+    run_ids = [grid.run_id(run, cfg["main_alpha"] if objective == "pspo" else None) for run in runs]
     return summary[(summary.model == model) & summary.run_id.isin(run_ids[:1]) & (summary.benchmark == benchmark)]
 
 
@@ -183,7 +183,7 @@ def table_reported(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
     for hub_id, benchmark, objective, reported in REPORTED:
         models = [m for m, spec in cfg["models"].items() if spec["path"] == hub_id]
         variants = [("GR-PSPO" if objective == "pspo" else "GRPO-clip", False)]
-        if objective == "clip" and any(RELEASED_CLIP_RUN in pspo_config.model_runs(cfg, m) for m in models):
+        if objective == "clip" and any(RELEASED_CLIP_RUN in grid.model_runs(cfg, m) for m in models):
             variants.append(("GRPO-clip as released (eps=0, lr 5e-7)", True))
         for method, released in variants:
             reproduced, std, n_seeds, trained = None, None, 0, None
