@@ -84,7 +84,7 @@ def test_paper_grid_path_as_preflight_runs_it(smollm2_dir):
     from pspo import vllm_env
     from pspo.preflight import preflight
 
-    settings = C.preflight_settings(C.load_config(C.SCHEMA_PATH.parent / "config.yaml"))
+    settings = C.preflight_settings(C.load_config(C.SCHEMA_PATH.resolve().parents[2] / "config" / "config.yaml"))
     if not vllm_env.installed():
         settings["grpo"]["use_vllm"] = False
         settings["generation"]["backend"] = "transformers"

@@ -12,7 +12,7 @@ from pspo import config as C
 from pspo import grid as G
 from pspo import layout as L
 from pspo.benchmarks import BENCHMARKS, REGISTRY, TRAIN_SETS
-from pspo.objectives import DEFAULT_ALPHA, OBJECTIVES
+from pspo.objectives import OBJECTIVES
 from pspo.report import plan as P
 from pspo.rewards import REWARD_FUNCTIONS
 
@@ -86,7 +86,7 @@ def test_report_inputs_follow_the_jobs():
 
 
 def test_schema_enums_are_the_registries():
-    schema = yaml.safe_load((REPO / "config" / "config.schema.yaml").read_text())["properties"]
+    schema = yaml.safe_load(C.SCHEMA_PATH.read_text())["properties"]
     data, evaluation = schema["data"]["properties"], schema["evaluation"]["properties"]
     assert evaluation["benchmarks"]["items"]["enum"] == list(BENCHMARKS)
     assert evaluation["sampled"]["properties"]["benchmarks"]["items"]["enum"] == list(BENCHMARKS)
@@ -95,12 +95,12 @@ def test_schema_enums_are_the_registries():
     assert data["asdiv_subset"]["enum"] == list(REGISTRY["asdiv"].subsets)
     assert data["svamp_subset"]["enum"] == list(REGISTRY["svamp"].subsets)
     assert schema["training"]["properties"]["reward"]["enum"] == list(REWARD_FUNCTIONS)
-    run = yaml.safe_load((REPO / "config" / "config.schema.yaml").read_text())["$defs"]["run"]
+    run = yaml.safe_load(C.SCHEMA_PATH.read_text())["$defs"]["run"]
     assert run["properties"]["objective"]["enum"] == list(OBJECTIVES)
 
 
 def test_alpha_default_is_defined_once():
     cfg = C.load_config({"models": {"m": {"source": "hub", "path": "org/m"}}, "runs": {"p": {"objective": "pspo"}},
                          "seeds": [0]})
-    assert cfg["alphas"] == [cfg["main_alpha"]] == [DEFAULT_ALPHA]  # PSPOConfig's default: test_trainer
+    assert cfg["alphas"] == [cfg["main_alpha"]] == [C.schema_default("main_alpha")]  # PSPOConfig's: test_trainer
     assert C.schema_default("training", "keep_checkpoints_after_training") is False

@@ -41,13 +41,33 @@ def test_config_defaults(tmp_path):
     assert c.objective == "pspo" and c.smoothing_alpha == 0.1 and c.loss_type == "dapo" and c.beta == 0.0
     for objective in ("clip", "noclip", "sigmoid"):
         c = PSPOConfig(**_cfg(tmp_path, objective=objective))  # GRPOConfig defaults never trip the checks
-        assert c.smoothing_alpha is None
+        assert c.smoothing_alpha == 0.1  # the default: unused by this objective
     c = PSPOConfig(**_cfg(tmp_path, objective="clip", epsilon=0.1, epsilon_high=0.3, num_iterations=2))
     assert (c.epsilon, c.epsilon_high) == (0.1, 0.3)
     c = PSPOConfig(**_cfg(tmp_path, objective="sigmoid", sapo_temperature_pos=2.0, sapo_temperature_neg=1.5))
     assert c.sapo_temperature_pos == 2.0
     assert PSPOConfig(**_cfg(tmp_path, smoothing_alpha=0)).smoothing_alpha == 0.0
     assert PSPOConfig(**_cfg(tmp_path, smoothing_alpha=1)).smoothing_alpha == 1.0
+
+
+def test_trainer_refuses_a_plain_grpo_config_before_loading_anything(tmp_path):
+    args = GRPOConfig(**_cfg(tmp_path, loss_type="dapo"))
+    with pytest.raises(PSPOConfigError, match="PSPOTrainer needs a PSPOConfig, got GRPOConfig"):
+        PSPOTrainer(model=str(tmp_path / "no-such-model"), reward_funcs=length_reward, args=args)
+
+
+def test_trainer_builds_a_default_config_like_trl(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = PSPOTrainer(model=str(tiny_model_dir), reward_funcs=length_reward, train_dataset=_dataset())
+    assert isinstance(trainer.args, PSPOConfig) and trainer.args.objective == "pspo"
+    assert trainer.args.output_dir.endswith(f"{tiny_model_dir.name}-PSPO") and trainer.args.smoothing_alpha == 0.1
+    assert {"trl", "grpo", "pspo"} <= set(PSPOTrainer._tag_names)
+
+
+def test_alpha_default_is_the_workflow_main_alpha():
+    from pspo.config import schema_default
+
+    assert PSPOConfig.__dataclass_fields__["smoothing_alpha"].default == schema_default("main_alpha") == 0.1
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -60,8 +80,8 @@ def test_config_defaults(tmp_path):
     (dict(objective="sigmoid", sapo_temperature_pos=0.0), "sapo_temperature_pos .* must be a finite number > 0"),
     (dict(objective="sigmoid", sapo_temperature_neg=-1.0), "sapo_temperature_neg .* must be a finite number > 0"),
     (dict(num_iterations=0), "num_iterations .* must be an integer >= 1"),
-    (dict(objective="clip", smoothing_alpha=0.1), "smoothing_alpha applies to objective='pspo' only"),
-    (dict(objective="noclip", smoothing_alpha=0.1), "smoothing_alpha applies to objective='pspo' only"),
+    (dict(objective="clip", smoothing_alpha=0.3), "smoothing_alpha=0.3 applies to objective='pspo' only"),
+    (dict(objective="noclip", smoothing_alpha=0.5), "smoothing_alpha=0.5 applies to objective='pspo' only"),
     (dict(epsilon=0.1), "epsilon=0.1 applies to objective='clip' only, but objective='pspo'"),
     (dict(objective="noclip", epsilon_high=0.28), "epsilon_high=0.28 applies to objective='clip' only"),
     (dict(objective="clip", sapo_temperature_pos=2.0), "sapo_temperature_pos=2.0 applies to objective='sigmoid'"),
@@ -149,6 +169,8 @@ def test_clip_matches_trl_dapo(built, beta, vllm_is):
     assert m_trl["clip_ratio/region_mean"][-1] > 0  # clipping is active on some tokens
     assert m_ours["entropy"][-1] == pytest.approx(m_trl["entropy"][-1])
     assert m_ours["objective/clip_fraction"][-1] == pytest.approx(m_trl["clip_ratio/region_mean"][-1])
+    for name in ("low_mean", "high_mean", "region_mean", "low_min", "high_max"):  # TRL's own names, TRL's values
+        assert m_ours[f"clip_ratio/{name}"][-1] == pytest.approx(m_trl[f"clip_ratio/{name}"][-1]), name
     if beta:
         assert m_ours["kl"][-1] == pytest.approx(m_trl["kl"][-1])
 

@@ -20,7 +20,9 @@ from jsonschema import Draft202012Validator, validators
 
 from pspo.errors import PSPOError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+# The workflow's schema (workflow/schemas/config.schema.yaml), shipped in the package through the link beside this
+# module, so an installed pspo validates configs as the workflow does.
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 @functools.lru_cache(maxsize=4)

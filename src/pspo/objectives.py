@@ -31,7 +31,6 @@ from __future__ import annotations
 import torch
 
 OBJECTIVES = ("clip", "noclip", "sigmoid", "pspo")
-DEFAULT_ALPHA = 0.1  # the paper's chosen alpha; the workflow schema's main_alpha default (tests/test_layout.py)
 
 
 def _check_alpha(alpha: float) -> None:

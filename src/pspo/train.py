@@ -212,9 +212,10 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
     if alpha is not None:
         fields["smoothing_alpha"] = alpha
     args = _pspo_config(settings, **fields)
+    alpha = args.smoothing_alpha if objective == "pspo" else None  # PSPOConfig's default where the job gives none
 
     # The identity of the run: checkpoints from another configuration must not be resumed silently.
-    run_config = {"model_dir": str(Path(model_dir).resolve()), "objective": objective, "alpha": args.smoothing_alpha,
+    run_config = {"model_dir": str(Path(model_dir).resolve()), "objective": objective, "alpha": alpha,
                   "seed": seed, "grpo_settings": settings, "reward": reward if isinstance(reward, str) else "custom",
                   "system_prompt": system_prompt}
     run_hash = config_hash(run_config)
@@ -250,7 +251,7 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
     final = {k: v for k, v in (rows[-1] if rows else {}).items() if k not in TIMING_COLUMNS}
     summary = {
         "objective": objective,
-        "alpha": args.smoothing_alpha,
+        "alpha": alpha,
         "seed": seed,
         "num_iterations": args.num_iterations,
         "steps": trainer.state.global_step,

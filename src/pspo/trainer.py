@@ -30,9 +30,6 @@ replaced by ``self.per_token_loss(...)`` and only the DAPO aggregation is kept. 
 dropped code (sequence-level ratios, two-sided ``delta`` clipping, the entropy bonus) are refused by
 :class:`PSPOConfig`. tests/test_trainer.py checks that ``objective="clip"`` reproduces TRL's own
 ``loss_type="dapo"`` loss and gradient, so a TRL upgrade that changes the shared parts fails loudly.
-
-(Over 300 lines on purpose: the trimmed copy of TRL's ``_compute_loss`` must stay whole to be diffed against TRL's,
-and the config checks, the logged statistics and the exact-resume hooks all guard that one loop.)
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 import trl
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import nanmax, nanmin
 
 from pspo import objectives
 from pspo.errors import PSPOError
@@ -62,9 +60,10 @@ OBJECTIVES = objectives.OBJECTIVES
 VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")  # PSPOConfig.vllm_dtype
 # GRPOConfig defaults of the hyperparameters that belong to one objective only: leaving them at these values is
 # always allowed; changing them for another objective is a configuration mistake and is refused.
-_GRPO_DEFAULTS = {"epsilon": 0.2, "epsilon_high": None, "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}
+_GRPO_DEFAULTS = {"epsilon": 0.2, "epsilon_high": None, "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05,
+                  "smoothing_alpha": 0.1}
 _OWNER = {"epsilon": "clip", "epsilon_high": "clip", "sapo_temperature_pos": "sigmoid",
-          "sapo_temperature_neg": "sigmoid"}
+          "sapo_temperature_neg": "sigmoid", "smoothing_alpha": "pspo"}
 # Name of the checkpoint file holding the state TRL keeps outside HF's trainer state (see PSPOTrainer._save_checkpoint)
 REUSE_STATE_FILE = "pspo_reuse_state_rank{rank}.pt"
 
@@ -96,9 +95,9 @@ class PSPOConfig(GRPOConfig):
     """``GRPOConfig`` plus the choice of per-token objective.
 
     Objective-specific hyperparameters reuse GRPOConfig's fields: ``epsilon`` / ``epsilon_high`` (clip),
-    ``sapo_temperature_pos`` / ``sapo_temperature_neg`` (sigmoid), and the new ``smoothing_alpha`` (pspo;
-    default ``pspo.objectives.DEFAULT_ALPHA``, 0.1). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all
-    completion tokens of the global batch) so that the four objectives differ only in the ratio transform.
+    ``sapo_temperature_pos`` / ``sapo_temperature_neg`` (sigmoid), and the new ``smoothing_alpha`` (pspo; 0.1, the
+    paper's). ``num_iterations`` is mu. Aggregation is always ``loss_type="dapo"`` (token sum over all completion
+    tokens of the global batch) so that the four objectives differ only in the ratio transform.
     The paper's "GRPO-noclip" is ``objective="noclip", num_iterations=1``; the control "GRPO-noclip-mu2" is
     ``objective="noclip", num_iterations=2``.
     """
@@ -108,9 +107,9 @@ class PSPOConfig(GRPOConfig):
         metadata={"help": "Per-token surrogate: 'clip' (GRPO), 'noclip' (r A), 'sigmoid' (SAPO soft clip) or "
                           "'pspo' (probability smoothing, GR-PSPO).", "choices": list(OBJECTIVES)},
     )
-    smoothing_alpha: float | None = field(
-        default=None,
-        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; default 0.1, the paper's): "
+    smoothing_alpha: float = field(
+        default=0.1,
+        metadata={"help": "PSPO smoothing alpha in [0, 1] (objective='pspo' only; 0.1 is the paper's): "
                           "r~ = (1 - alpha) r + alpha."},
     )
 
@@ -189,20 +188,17 @@ class PSPOConfig(GRPOConfig):
                 fail(f"{name} (sigmoid tau) must be a finite number > 0, got {value!r}")
         if not _is_number(self.beta) or self.beta < 0:
             fail(f"beta must be a finite number >= 0, got {self.beta!r}")
+        if self.smoothing_alpha is None:  # unset, as TRL's own optional fields
+            self.smoothing_alpha = _GRPO_DEFAULTS["smoothing_alpha"]
         # Hyperparameters of another objective: refuse, so that a typo in a sweep cannot silently do nothing.
         for name, default in _GRPO_DEFAULTS.items():
             value = getattr(self, name)
             if _OWNER[name] != self.objective and value != default:
                 fail(f"{name}={value!r} applies to objective={_OWNER[name]!r} only, but objective="
                      f"{self.objective!r}; remove it")
-        if self.objective == "pspo":
-            if self.smoothing_alpha is None:
-                self.smoothing_alpha = objectives.DEFAULT_ALPHA
-            if not _is_number(self.smoothing_alpha) or not 0.0 <= self.smoothing_alpha <= 1.0:
-                fail(f"smoothing_alpha must be a number in [0, 1], got {self.smoothing_alpha!r}")
-            self.smoothing_alpha = float(self.smoothing_alpha)
-        elif self.smoothing_alpha is not None:
-            fail(f"smoothing_alpha applies to objective='pspo' only, but objective={self.objective!r}; remove it")
+        if not _is_number(self.smoothing_alpha) or not 0.0 <= self.smoothing_alpha <= 1.0:
+            fail(f"smoothing_alpha must be a number in [0, 1], got {self.smoothing_alpha!r}")
+        self.smoothing_alpha = float(self.smoothing_alpha)
 
 
 class PSPOTrainer(GRPOTrainer):
@@ -213,6 +209,9 @@ class PSPOTrainer(GRPOTrainer):
     ``objective/ratio_std``, ``objective/ratio_min``, ``objective/ratio_max`` (r = p_theta / p_old over completion
     tokens), ``objective/clip_fraction`` (clip: tokens whose gradient the clip zeroes), ``objective/smoothed_ratio_mean``
     (pspo), ``objective/sigmoid_gate_mean`` (sigmoid: gradient weight 4 s (1 - s) relative to r A; 1 at r = 1).
+    TRL's own ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``, ``clip_ratio/low_min``
+    and ``clip_ratio/high_max`` are logged as TRL logs them for ``loss_type="dapo"``, with every objective (the
+    tokens outside [1 - epsilon, 1 + epsilon_high] on the side the clip would zero; only clip zeroes them).
     A non-finite loss or gradient norm stops training with a PSPOError before the optimiser step (so no NaN
     checkpoint is ever written).
     """
@@ -222,7 +221,8 @@ class PSPOTrainer(GRPOTrainer):
     def __init__(self, model, reward_funcs, args: PSPOConfig | None = None, **kwargs):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
-            args = PSPOConfig(output_dir=f"{name.split('/')[-1]}-PSPO")
+            on_cpu = {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}  # TRL's bf16 needs a GPU
+            args = PSPOConfig(output_dir=f"{name.split('/')[-1]}-PSPO", **on_cpu)
         elif not isinstance(args, PSPOConfig):
             raise PSPOConfigError(f"PSPOTrainer needs a PSPOConfig, got {type(args).__name__}")
         engine = contextlib.nullcontext()
@@ -295,6 +295,26 @@ class PSPOTrainer(GRPOTrainer):
             m[name].append(value)
             if reused:
                 m[name.replace("objective/", "objective/reused/")].append(value)
+
+    @torch.no_grad()
+    def _log_trl_clip_ratio(self, mode: str, ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor):
+        # TRL (trl==1.16.0 GRPOTrainer._compute_loss, loss_type "dapo"): the clip_ratio/* metrics, same names.
+        def global_masked_mean(x):
+            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        def masked_seq_mean(x):
+            return (x * mask).sum(-1) / mask.sum(-1)
+
+        is_low_clipped = ((ratio < 1 - self.epsilon_low) & (advantages < 0)).float()
+        is_high_clipped = ((ratio > 1 + self.epsilon_high) & (advantages > 0)).float()
+        is_region_clipped = torch.maximum(is_low_clipped, is_high_clipped)
+        m = self._metrics[mode]
+        m["clip_ratio/low_mean"].append(global_masked_mean(is_low_clipped))
+        m["clip_ratio/high_mean"].append(global_masked_mean(is_high_clipped))
+        m["clip_ratio/region_mean"].append(global_masked_mean(is_region_clipped))
+        m["clip_ratio/low_min"].append(nanmin(self.accelerator.gather(masked_seq_mean(is_low_clipped))).item())
+        m["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(masked_seq_mean(is_high_clipped))).item())
 
     def _pass_index(self, mode: str) -> int:
         """0 on the first (on-policy) pass over a generation batch, k on its k-th reuse (from TRL's micro-step
@@ -381,6 +401,7 @@ class PSPOTrainer(GRPOTrainer):
             self._metrics[mode]["kl"].append(global_masked_mean(per_token_kl))
         self._metrics[mode]["entropy"].append(global_masked_mean(entropies))
         self._log_objective_metrics(mode, log_ratio, advantages, mask)
+        self._log_trl_clip_ratio(mode, torch.exp(log_ratio.detach()), advantages, mask)
         return loss
 
     # ------------------------------------------------------------------------------------------- safety

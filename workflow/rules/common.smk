@@ -23,9 +23,7 @@ from pspo.errors import PSPOError
 from pspo.gpu_slots import bound_local_run
 
 try:
-    CFG = pspo_config.load_config(
-        config, Path(workflow.basedir) / "config" / "config.schema.yaml"
-    )
+    CFG = pspo_config.load_config(config)
 except PSPOError as error:
     sys.exit(f"error: {error}")
 
