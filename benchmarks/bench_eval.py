@@ -156,7 +156,8 @@ def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_toke
 def generator_run(backend: str, mdir: Path, questions: list[str], dtype: str, max_new_tokens: int,
                   threads: int | None, eager: bool | None = None) -> dict:
     """Load one backend (timed apart) and generate greedily on ``questions``; its completion-token throughput."""
-    from pspo.evaluation.backends import TransformersGenerator, VLLMGenerator
+    from pspo.evaluation.transformers_loop import TransformersGenerator
+    from pspo.evaluation.vllm_generator import VLLMGenerator
     from pspo.prompts import render_prompt
 
     t0 = time.perf_counter()
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()}", flush=True)
     from transformers import AutoTokenizer
 
-    from pspo.evaluation.backends import default_batch_size, encode_prompts
+    from pspo.evaluation.backends import default_batch_size
+    from pspo.evaluation.sampling import encode_prompts
     from pspo.prompts import render_prompt
 
     batch = min(a.batch_size or default_batch_size("cpu"), a.prompts)

@@ -139,7 +139,7 @@ def test_every_completion_empty_is_refused_and_writes_nothing(tmp_path, smollm2_
     from transformers import AutoTokenizer
 
     from pspo.evaluation import evaluate
-    from pspo.evaluation.backends import Completion
+    from pspo.evaluation.sampling import Completion
     from pspo.io import write_jsonl_atomic
 
     class SilentModel:

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from pspo.errors import PSPOError
-from pspo.evaluation import evaluate, metrics_from_samples
 from pspo.evaluation import backends as B
+from pspo.evaluation import evaluate, metrics_from_samples
+from pspo.evaluation import sampling as S
+from pspo.evaluation import transformers_loop as TL
+from pspo.evaluation import vllm_generator as VG
 from pspo.io import read_jsonl, write_jsonl_atomic
 
 N_PROMPTS, MAX_NEW = 8, 32
@@ -39,7 +42,7 @@ def two_rows_file(rows_file) -> Path:
 
 @pytest.fixture(scope="module")
 def generator(smollm2_dir):
-    return B.TransformersGenerator(str(smollm2_dir))  # default dtype
+    return TL.TransformersGenerator(str(smollm2_dir))  # default dtype
 
 
 def _run(model_dir, rows_file, out: Path, generator=None, **kw):
@@ -144,14 +147,14 @@ def test_sample_tokens_respects_top_p():
     import torch
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    seen = {int(B.sample_tokens(logits, torch.tensor([u], dtype=torch.float64), 1.0, 0.7))
+    seen = {int(S.sample_tokens(logits, torch.tensor([u], dtype=torch.float64), 1.0, 0.7))
             for u in [i / 200 for i in range(200)]}
     assert seen == {0, 1}  # nucleus {0.5, 0.3} reaches 0.7
-    seen = {int(B.sample_tokens(logits, torch.tensor([u], dtype=torch.float64), 1.0, 1.0))
+    seen = {int(S.sample_tokens(logits, torch.tensor([u], dtype=torch.float64), 1.0, 1.0))
             for u in [i / 200 for i in range(200)]}
     assert seen == {0, 1, 2, 3}
     # frequencies follow the distribution (inverse CDF on an even grid of uniforms)
-    picks = [int(B.sample_tokens(logits, torch.tensor([(i + 0.5) / 1000], dtype=torch.float64), 1.0, 1.0))
+    picks = [int(S.sample_tokens(logits, torch.tensor([(i + 0.5) / 1000], dtype=torch.float64), 1.0, 1.0))
              for i in range(1000)]
     assert [picks.count(t) for t in range(4)] == [500, 300, 150, 50]
 
@@ -279,7 +282,7 @@ def test_vllm_generator_maps_outputs(monkeypatch, generator):
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeParams))
     monkeypatch.setattr(B, "cuda_available", lambda: True)  # the CUDA build's path (the CPU one: tests/test_vllm.py)
     monkeypatch.setattr(B, "resolve_dtype", lambda dtype, device: "bfloat16")
-    gen = B.VLLMGenerator("/some/model", seed=3)
+    gen = VG.VLLMGenerator("/some/model", seed=3)
     res = gen.generate(["Q1", "Q2"], n=2, temperature=0.7, top_p=0.9, max_new_tokens=8, seed=3)
     assert captured["init"] == ("/some/model", "bfloat16", 3)
     params = captured["params"]  # one SamplingParams per prompt
@@ -287,9 +290,9 @@ def test_vllm_generator_maps_outputs(monkeypatch, generator):
     # a seed per prompt (vLLM's n samples of a prompt use seed + sample index): distinct across prompts, set by
     # (seed, prompt index) alone, 31-bit
     seeds = [p.kw["seed"] for p in params]
-    assert seeds == [B.prompt_seed(3, 0), B.prompt_seed(3, 1)] and len(set(seeds)) == 2
+    assert seeds == [S.prompt_seed(3, 0), S.prompt_seed(3, 1)] and len(set(seeds)) == 2
     assert all(0 <= s < 2**31 for s in seeds)
-    assert captured["prompts"][0]["prompt_token_ids"] == B.encode_prompts(generator.tokenizer, ["Q1"])[0]
+    assert captured["prompts"][0]["prompt_token_ids"] == S.encode_prompts(generator.tokenizer, ["Q1"])[0]
     assert [c.text for c in res[0]] == ["#### 0", "#### 1"]  # sorted by sample index
     assert [c.finish_reason for c in res[0]] == ["length", "stop"]
     assert gen.last_stats["completion_tokens"] == 2 * (2 + 3)
@@ -298,7 +301,7 @@ def test_vllm_generator_maps_outputs(monkeypatch, generator):
 
 
 def test_prompt_seeds_differ_by_prompt_and_seed():
-    seeds = {(s, i): B.prompt_seed(s, i) for s in range(3) for i in range(200)}
+    seeds = {(s, i): S.prompt_seed(s, i) for s in range(3) for i in range(200)}
     assert len(set(seeds.values())) == len(seeds)
 
 

@@ -3,8 +3,9 @@
 * ``evaluate(...)`` (``pspo evaluate``, in ``pspo.cli``): see ``pspo.evaluation.runner``.
 * ``metrics_from_samples(path_or_rows)``: every metric, computed from the per-sample rows only.
 * ``wilson_interval(successes, n, z)``, ``pass_at_k(n, c, k)``, ``has_repetition_loop(text)``: pure functions.
-* Backends (``pspo.evaluation.backends``): transformers (CPU/GPU, batched KV-cache loop) and vLLM (GPU, imported
-  only when chosen; ``backend="auto"`` picks it only if CUDA and vllm are both available).
+* Generation: ``pspo.evaluation.backends`` chooses the backend, dtype and batch size (``backend="auto"`` picks vLLM
+  only if CUDA and vllm are both available); ``transformers_loop`` (CPU/GPU, batched KV-cache loop) and
+  ``vllm_generator`` (vLLM, imported only when chosen) generate; ``sampling`` holds what both share.
 """
 
 from pspo.evaluation.metrics import (

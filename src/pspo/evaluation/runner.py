@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pspo.errors import PSPOError
+from pspo.evaluation.backends import BACKENDS, DTYPES, resolve_backend
 from pspo.evaluation.metrics import metrics_from_samples
+from pspo.evaluation.transformers_loop import TransformersGenerator
+from pspo.evaluation.vllm_generator import VLLMGenerator
 
 # Bytes of the weight files read for the model fingerprint: their safetensors header plus FINGERPRINT_CHUNKS
 # evenly spaced chunks of FINGERPRINT_CHUNK bytes (about 1 MB in all, whatever the model size).
@@ -67,7 +70,6 @@ def load_rows(data_file: str | os.PathLike) -> list[dict]:
 
 def check_settings(*, benchmark: str, temperature: float, n_samples: int, top_p: float, max_new_tokens: int,
                    batch_size: int | None, backend: str, dtype: str, threads: int | None = None) -> None:
-    from pspo.evaluation.backends import BACKENDS, DTYPES
     from pspo.benchmarks import canonical
 
     canonical(benchmark)
@@ -90,6 +92,15 @@ def check_settings(*, benchmark: str, temperature: float, n_samples: int, top_p:
         raise PSPOError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise PSPOError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+
+
+def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0, threads: int | None = None,
+                   vllm_enforce_eager: bool | None = None):
+    """The generator ``backend`` names (``auto`` resolved by :func:`pspo.evaluation.backends.resolve_backend`)."""
+    backend = resolve_backend(backend)
+    if backend == "vllm":
+        return VLLMGenerator(model_dir, dtype=dtype, seed=seed, threads=threads, enforce_eager=vllm_enforce_eager)
+    return TransformersGenerator(model_dir, dtype=dtype)
 
 
 def evaluate(
@@ -116,7 +127,6 @@ def evaluate(
     ``vllm_enforce_eager`` (vLLM only): None is eager on CPU and vLLM's default (compiled, CUDA graphs) on GPUs.
     """
     from pspo.device import job_device
-    from pspo.evaluation.backends import make_generator
     from pspo.grading import grade
     from pspo.io import atomic_path
     from pspo.models import check_model_dir
