@@ -74,15 +74,16 @@ def test_readme_trainer_snippet_runs_from_a_plain_install(installed, tiny_model_
     assert f"trained from {installed}" in proc.stdout and "objective pspo" in proc.stdout
 
 
-def test_the_installed_package_validates_with_the_workflow_schema(installed, tmp_path):
+def test_the_installed_package_has_its_data_files(installed, tmp_path):
     code = textwrap.dedent("""
         from pspo import config
         cfg = config.load_config({"models": {"m": {"source": "hub", "path": "org/m"}}, "runs": {"p": {"objective": "pspo"}},
                                   "seeds": [0]})
-        print(config.SCHEMA_PATH.is_file(), cfg["main_alpha"])
+        from pspo.report.tables import reported
+        print(config.SCHEMA_PATH.is_file(), cfg["main_alpha"], len(reported()))
     """)
     proc = _run(code, installed, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["True", "0.1"]
+    assert proc.stdout.split() == ["True", "0.1", "6"]  # the schema and the paper's numbers are shipped
     shipped = installed / "pspo" / "config.schema.yaml"
     assert not shipped.is_symlink() and shipped.read_text() == (REPO / "workflow/schemas/config.schema.yaml").read_text()

@@ -149,3 +149,24 @@ def test_reported_table_compares_the_paper_clip_with_the_released_script_too():
     assert table.loc["GRPO-clip", "reproduced"] == 30.0 and table.loc["GR-PSPO", "reproduced"] == 40.0
     released = table.loc["GRPO-clip as released (eps=0, lr 5e-7)"]
     assert released["reproduced"] == 18.0 and released["reported"] == 17.6
+
+
+def test_reported_numbers_are_the_papers(data_dir):
+    """report/reported.csv holds exactly the numbers of PAPER.md's "Reported numbers" table."""
+    from pspo.report.tables import reported
+
+    paper = data_dir.parent / "PAPER.md"
+    if not paper.is_file():
+        pytest.skip(f"{paper} not here")
+    section = paper.read_text().split("## Reported numbers", 1)[1].split("\n## ", 1)[0]
+    hub = {"Qwen2.5-0.5B": "Qwen/Qwen2.5-0.5B", "Qwen2.5-1.5B": "Qwen/Qwen2.5-1.5B",
+           "Qwen2-Math-1.5B": "Qwen/Qwen2-Math-1.5B"}
+    bench = {"GSM8K": "gsm8k", "MATH": "math500"}
+    expected = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in hub:
+            for objective, cell in (("pspo", cells[2]), ("clip", cells[3])):
+                if cell != "not known":
+                    expected.add((hub[cells[0]], bench[cells[1]], objective, float(cell)))
+    assert len(expected) == 6 and set(reported()) == expected

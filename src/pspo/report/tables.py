@@ -1,6 +1,6 @@
 """The report's tables, as pandas frames from the collected metrics (:mod:`pspo.report.collect`), and their writer.
 
-Nothing is typed by hand except the paper's own reported numbers in ``REPORTED``. Each Markdown/LaTeX table ends
+Nothing is typed by hand: the paper's own reported numbers are read from ``reported.csv``. Each Markdown/LaTeX table ends
 with its provenance; each CSV starts with a ``#`` line holding it (read with ``pandas.read_csv(path, comment="#")``).
 Per-run tables carry a ``trained`` column; their Markdown/LaTeX cells read NOT_TRAINED for a run without learning
 signal (the CSV keeps the numbers).
@@ -8,7 +8,9 @@ signal (the CSV keeps the numbers).
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,17 +26,13 @@ from pspo.report.collect import NOT_TRAINED, accuracy_cell
 # Numeric columns that describe a table row rather than what the run measured: never replaced by NOT_TRAINED.
 _ROW_DESCRIPTORS = ("temperature", "reported", "seeds", "n_samples")
 
-# The paper's reported accuracies (%, T = 0; ../shared/PAPER.md). Keyed by the hub model id, so any config that
-# trains that model gets the comparison; the method key is the objective (pspo at the paper's alpha = 0.1).
-REPORTED = [
-    # model, benchmark, objective, accuracy %
-    ("Qwen/Qwen2.5-0.5B", "gsm8k", "pspo", 39.7),
-    ("Qwen/Qwen2.5-0.5B", "gsm8k", "clip", 17.6),
-    ("Qwen/Qwen2.5-1.5B", "gsm8k", "pspo", 59.4),
-    ("Qwen/Qwen2.5-1.5B", "gsm8k", "clip", 37.8),
-    ("Qwen/Qwen2-Math-1.5B", "gsm8k", "pspo", 79.9),
-    ("Qwen/Qwen2-Math-1.5B", "math500", "pspo", 59.6),
-]
+REPORTED_FILE = Path(__file__).with_name("reported.csv")  # the paper's reported accuracies, with their source
+
+
+def reported() -> list[tuple[str, str, str, float]]:
+    """(hub model id, benchmark, objective, accuracy %) for each number the paper reports (REPORTED_FILE)."""
+    lines = [line for line in REPORTED_FILE.read_text().splitlines() if line and not line.startswith("#")]
+    return [(r["model"], r["benchmark"], r["objective"], float(r["accuracy"])) for r in csv.DictReader(lines)]
 
 
 def table_hyperparameters(cfg: dict) -> pd.DataFrame:
@@ -180,7 +178,7 @@ def _reported_hit(cfg: dict, summary: pd.DataFrame, model: str, benchmark: str, 
 
 def table_reported(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for hub_id, benchmark, objective, reported in REPORTED:
+    for hub_id, benchmark, objective, reported_accuracy in reported():
         models = [m for m, spec in cfg["models"].items() if spec["path"] == hub_id]
         variants = [("GR-PSPO" if objective == "pspo" else "GRPO-clip", False)]
         if objective == "clip" and any(RELEASED_CLIP_RUN in grid.model_runs(cfg, m) for m in models):
@@ -193,9 +191,9 @@ def table_reported(cfg: dict, summary: pd.DataFrame) -> pd.DataFrame:
                     reproduced, std, n_seeds = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit.seeds.iloc[0])
                     trained = bool(hit.trained.iloc[0])
             rows.append({
-                "model": hub_id, "benchmark": LABELS[benchmark], "method": method, "reported": reported,
+                "model": hub_id, "benchmark": LABELS[benchmark], "method": method, "reported": reported_accuracy,
                 "reproduced": reproduced, "std": std, "seeds": n_seeds,
-                "difference": None if reproduced is None else reproduced - reported, "trained": trained,
+                "difference": None if reproduced is None else reproduced - reported_accuracy, "trained": trained,
                 "note": "not run by this config" if reproduced is None else "" if trained else NOT_TRAINED,
             })
     return pd.DataFrame(rows)
