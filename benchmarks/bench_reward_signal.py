@@ -23,8 +23,9 @@ import torch  # noqa: E402
 
 def rows_of(train_set: str, n: int) -> list[dict]:
     from pspo import data
+    from pspo.benchmarks import TRAIN_SETS
 
-    pool = data.load_benchmark(data.TRAIN_SETS[train_set])  # the stand-in is generated; GSM8K from shared/data
+    pool = data.load_benchmark(TRAIN_SETS[train_set])  # the stand-in is generated; GSM8K from shared/data
     train, _ = data.split_train_val(pool, seed=0, train_size=len(pool) - 1)
     return train[:n]
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pspo import data, prompts
+from pspo import benchmarks, data, hub, prompts
 from pspo.cli import run as pspo
 from pspo.errors import PSPOError
 
@@ -28,8 +28,8 @@ def test_load_local_counts_and_schema(data_dir, name):
 
 
 def test_benchmarks_constant():
-    assert data.PAPER_BENCHMARKS == ("gsm8k", "svamp", "asdiv", "math500")
-    assert data.BENCHMARKS == data.PAPER_BENCHMARKS + ("arith",)  # + the CPU stand-in's held-out set
+    assert benchmarks.PAPER_BENCHMARKS == ("gsm8k", "svamp", "asdiv", "math500")
+    assert benchmarks.BENCHMARKS == benchmarks.PAPER_BENCHMARKS + ("arith",)  # + the CPU stand-in's held-out set
 
 
 # --------------------------------------------------------------------------------------------------- split
@@ -158,16 +158,16 @@ def test_malformed_and_incomplete_rows(data_dir, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- hub normalisers
 def test_hub_normalisers_on_hand_made_records():
-    gsm = data.normalize_hub_records("gsm8k", [{"question": "Q?", "answer": "3 * 360 = <<3*360=1080>>1,080\n#### 1,080"}],
+    gsm = hub.normalize_hub_records("gsm8k", [{"question": "Q?", "answer": "3 * 360 = <<3*360=1080>>1,080\n#### 1,080"}],
                                      split="test")
     assert gsm[0]["id"] == "gsm8k_test/0" and gsm[0]["answer"] == "1080" and gsm[0]["meta"]["answer_raw"] == "1,080"
-    sv = data.normalize_hub_records("svamp", [{
+    sv = hub.normalize_hub_records("svamp", [{
         "ID": "chal-777", "Body": "Jack had 8 pens", "Question": "How many are left?", "Equation": "( 8.0 - 3.0 )",
         "Answer": 5.0, "Type": "Subtraction", "question_concat": "Jack had 8 pens How many are left?"}], split="test")
     assert sv[0] | {"meta": None} == {"id": "svamp/chal-777", "question": "Jack had 8 pens How many are left?",
                                       "answer": "5", "solution": None, "meta": None}
     assert sv[0]["meta"]["hub_split"] == "test"
-    asd = data.normalize_hub_records("asdiv", [
+    asd = hub.normalize_hub_records("asdiv", [
         {"body": "Seven red apples and two green apples are in the basket.",
          "question": "How many apples are in the basket?", "solution_type": "Addition", "answer": "9 (apples)",
          "formula": "7+2=9"},
@@ -183,11 +183,11 @@ def test_hub_normalisers_on_hand_made_records():
     assert [r["meta"]["answer_type"] for r in asd] == ["number", "multi_number", "fraction", "ratio", "time", "text",
                                                         "number", "number"]
     assert asd[0]["id"] == "asdiv/nluds-0001" and asd[0]["meta"]["single_numeric"] and asd[0]["meta"]["in_pal2096"] is None
-    m = data.normalize_hub_records("math500", [{"problem": "P", "solution": "S \\boxed{3}", "answer": "3",
+    m = hub.normalize_hub_records("math500", [{"problem": "P", "solution": "S \\boxed{3}", "answer": "3",
                                                 "subject": "Algebra", "level": 2, "unique_id": "test/algebra/1.json"}])
     assert m[0]["id"] == "math500/test/algebra/1.json" and m[0]["meta"]["level"] == 2
     with pytest.raises(PSPOError, match="hub svamp record 0: unexpected shape"):
-        data.normalize_hub_records("svamp", [{"question": "no ID"}])
+        hub.normalize_hub_records("svamp", [{"question": "no ID"}])
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "gsm8k_train", "svamp", "asdiv", "math500"])
@@ -204,8 +204,8 @@ def test_hub_normalisers_reproduce_local_files(data_dir, name):
                             "solution_type": m(r)["solution_type"], "formula": m(r)["formula"]},
         "math500": lambda r: {"problem": r["question"], "solution": r["solution"], "answer": r["answer"], **m(r)},
     }[name]
-    hub = data.normalize_hub_records(name, [make(r) for r in rows])
-    for h, r in zip(hub, rows):
+    normalised = hub.normalize_hub_records(name, [make(r) for r in rows])
+    for h, r in zip(normalised, rows):
         assert (h["id"], h["question"], h["answer"], h["solution"]) == (r["id"], r["question"], r["answer"], r["solution"])
         if name == "asdiv":
             assert (h["meta"]["answer_type"], h["meta"]["single_numeric"]) == (m(r)["answer_type"], m(r)["single_numeric"])
@@ -241,7 +241,7 @@ def test_hub_loader_uses_normaliser(monkeypatch):
     assert calls == [("ChilleD/SVAMP", None, "train"), ("ChilleD/SVAMP", None, "test")]
     assert [r["id"] for r in rows] == ["svamp/chal-1", "svamp/chal-3"]  # source order restored
     with pytest.raises(PSPOError, match="pal2096 needs meta.in_pal2096"):
-        asdiv = data.normalize_hub_records("asdiv", [{"body": "b", "question": "q", "answer": "9 (apples)"}])
+        asdiv = hub.normalize_hub_records("asdiv", [{"body": "b", "question": "q", "answer": "9 (apples)"}])
         data.select_eval_rows("asdiv", asdiv, subset="pal2096")
 
 
@@ -258,7 +258,7 @@ def test_prepare_data_cli(data_dir, tmp_path, capsys):
     meta = json.loads((out / "train.meta.json").read_text())
     assert meta["seed"] == 2 and meta["rows"] == 7000 and meta["source"] == "local"
     assert meta["input_sha256"] == "5fc3087d9584af536957b07c225fac9f07be8a91fc0b301b64d7bcea1eb7f851"
-    for b in data.PAPER_BENCHMARKS:  # the CLI's default: the paper's four
+    for b in benchmarks.PAPER_BENCHMARKS:  # the CLI's default: the paper's four
         assert len(read(out / f"{b}.jsonl")) == 40
     assert not (out / "arith.jsonl").exists()
     am = json.loads((out / "asdiv.meta.json").read_text())

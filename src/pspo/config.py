@@ -1,9 +1,8 @@
-"""The workflow config: JSON-schema validation with defaults, one-line errors, and the job grid it implies.
+"""The workflow config: JSON-schema validation with defaults, one-line errors, the merged GRPO settings of a
+(model, run), and the settings each rule depends on.
 
-The Snakefile calls :func:`load_config` once; rules only ask this module which jobs exist and what settings a
-job gets, so the grid logic is plain Python that tests can call without Snakemake. (Over 300 lines on purpose:
-the schema checks, the grid they make valid and the per-rule settings it hands out are one contract; where each
-job's files go is ``pspo.layout``.)
+The Snakefile calls :func:`load_config` once. Which jobs a config implies is :mod:`pspo.grid`; where each job's
+files go is :mod:`pspo.layout`.
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-# The registry (pspo.benchmarks) names each benchmark's file, hub dataset and subsets; the names are re-exported.
-from pspo.benchmarks import BENCHMARKS, GENERATED, PAPER_BENCHMARKS, REGISTRY, TRAIN_SETS, canonical  # noqa: F401
+# The registry (pspo.benchmarks) names each benchmark's file, hub dataset and subsets.
+from pspo.benchmarks import BENCHMARKS, GENERATED, PAPER_BENCHMARKS, REGISTRY, TRAIN_SETS, canonical
 from pspo.errors import PSPOError
-from pspo.hub import load_hub, normalize_asdiv_answer, normalize_hub_records  # noqa: F401 - re-exported
+from pspo.hub import load_hub, normalize_asdiv_answer, normalize_hub_records
 
 FILES = {n: b.file for n, b in REGISTRY.items() if b.file is not None}
 SUBSETS = {n: b.subsets for n, b in REGISTRY.items()}

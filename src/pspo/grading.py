@@ -1,8 +1,6 @@
 """Answer extraction and grading for GSM8K, SVAMP, ASDiv (numeric) and MATH-500 (Math-Verify).
 
-(Over 300 lines on purpose: extraction and the grading rules that read its result are one set of rules, read top to
-bottom beside this docstring; split, a rule change would touch two files. Which rule a benchmark uses is
-``pspo.benchmarks``' ``grader``.)
+Which rule a benchmark uses is ``pspo.benchmarks``' ``grader``.
 
 Extraction (``extract_answer``), in this order:
 
