@@ -38,7 +38,8 @@ def test_defaults_are_filled_in():
                          "seeds": [0]})
     assert cfg["data"]["train_size"] == 7000 and cfg["data"]["val_size"] is None
     assert cfg["evaluation"]["max_new_tokens"] == 128
-    assert cfg["models"]["m"]["train_resources"] == {"gpus": 0, "threads": 2, "mem_mb": 8000, "runtime": 60}
+    assert cfg["models"]["m"]["train_resources"] == {"gpus": 0, "threads": 2, "mem_mb": 8000, "runtime": 60,
+                                                     "processes": None, "accelerate_config": None}
     assert cfg["alphas"] == [0.1] and cfg["main_alpha"] == 0.1
 
 
@@ -58,8 +59,14 @@ def test_defaults_are_filled_in():
         (lambda r: r["models"]["smollm2-135m"].update(source="s3"), "is not valid; choose one of"),
         (lambda r: r.update(main_alpha=0.3), "main_alpha 0.3 is not one of alphas"),
         (lambda r: r.update(seeds=[0, 0]), "has duplicates"),
-        (lambda r: r["models"]["smollm2-135m"]["train_resources"].update(gpus=2),
-         "models.smollm2-135m.train_resources.gpus is 2, but a job runs one process on one GPU"),
+        (lambda r: r["models"]["smollm2-135m"]["train_resources"].update(gpus=2, processes=3),
+         "models.smollm2-135m.train_resources: processes 3 with gpus 2: a run has one rank per GPU"),
+        (lambda r: r["models"]["smollm2-135m"]["train_resources"].update(accelerate_config="zero3"),
+         "accelerate_config 'zero3' shards training over GPUs; it needs gpus >= 2"),
+        (lambda r: r["models"]["smollm2-135m"]["train_resources"].update(accelerate_config="zero4"),
+         "accelerate_config = 'zero4' is not valid; choose one of"),
+        (lambda r: r["models"]["smollm2-135m"]["train_resources"].update(processes=7),
+         "7 processes, but run clip's gradient_accumulation_steps 1 does not divide by 7"),
         (lambda r: r["models"]["smollm2-135m"]["eval_resources"].update(gpus=4), "eval_resources.gpus is 4"),
         (lambda r: r["evaluation"]["sampled"].update(runs=["nope"]), "unknown run 'nope'"),
     ],

@@ -150,5 +150,46 @@ def test_the_bound_applies_to_the_local_executor_only(monkeypatch):
     assert gpu_slots.bound_local_run(workflow("local", {"gpu": 1})) == ["3", "5"] and registered == {}
     assert gpu_slots.bound_local_run(workflow("local", {})) == ["3", "5"] and registered == {"gpu": 2}
     assert os.environ[gpu_slots.POOL_ENV] == "3,5"
+    with pytest.raises(PSPOError, match=r"asks for 4 GPUs and this machine has 2 \(3,5\)"):
+        gpu_slots.bound_local_run(workflow("local", {}), most=4)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_slots.machine_gpus() == []
+
+
+def test_under_slurm_a_gpu_job_is_one_task_that_sees_all_its_gpus():
+    """The SLURM plugin 2.6.1 adds --ntasks-per-gpu=1 to a GPU job unless its tasks_per_gpu is 0: a 2-GPU training
+    job would become two tasks, and its one `srun -n1` step would see one GPU. Every GPU rule sets 0."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DeploymentSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+        WorkflowSettings,
+    )
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        api_workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1), storage_settings=StorageSettings(),
+            config_settings=ConfigSettings(configfiles=[REPO / "config" / "config.yaml"]),
+            workflow_settings=WorkflowSettings(), deployment_settings=DeploymentSettings(),
+            snakefile=REPO / "Snakefile", workdir=REPO)
+        workflow = api_workflow._get_workflow()
+        workflow.include(api_workflow.snakefile, overwrite_default_target=True)
+        gpu_rules = {r.name: r.resources for r in workflow.rules if "gpu" in r.resources}
+    assert set(gpu_rules) == {"preflight", "train", "evaluate"}
+    assert all(res["tasks_per_gpu"].value == 0 for res in gpu_rules.values())
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    def submit(**resources) -> str:
+        job = SimpleNamespace(resources=Resources(gpu=2, mem_mb=1000, runtime=60, **resources), threads=4,
+                              is_group=lambda: False, name="train", wildcards={})
+        return get_submit_command(job, dict(run_uuid="u", slurm_logfile="l", comment_str="c", account="",
+                                            partition="", workdir="."))
+
+    assert "--ntasks-per-gpu=1" in submit()  # what the plugin does unless told
+    assert "--ntasks-per-gpu" not in submit(tasks_per_gpu=0)

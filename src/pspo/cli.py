@@ -16,6 +16,7 @@ from typing import Any
 from pspo import config as pspo_config
 from pspo import data, grading, layout
 from pspo.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, REGISTRY, TRAIN_SETS, canonical
+from pspo.distributed import ACCELERATE_CONFIGS
 from pspo.errors import PSPOError
 from pspo.evaluation import evaluate
 from pspo.evaluation.backends import BACKENDS, DTYPES
@@ -123,7 +124,7 @@ def train(a: argparse.Namespace) -> int:
         seed=a.seed, grpo_settings=_grpo_settings(a.grpo_settings), alpha=a.alpha, reward=a.reward,
         system_prompt=a.system_prompt, keep_checkpoints=a.keep_checkpoints,
         keep_checkpoints_after_training=a.keep_checkpoints_after_training, require_gpu=a.require_gpu,
-        overwrite=a.overwrite,
+        overwrite=a.overwrite, processes=a.processes, accelerate_config=a.accelerate_config,
     )
     keys = ("objective", "alpha", "seed", "steps", "trained", "resumed_from", "wall_time_s")
     print(json.dumps({k: summary[k] for k in keys}))
@@ -268,6 +269,10 @@ def parser() -> argparse.ArgumentParser:
                    help="keep the checkpoints once the final model is written (default: the schema's, no)")
     t.add_argument("--require-gpu", action="store_true")
     t.add_argument("--overwrite", action="store_true", help="replace existing outputs of a different configuration")
+    t.add_argument("--processes", type=int, default=1,
+                   help="data-parallel ranks (one per GPU; gloo ranks on a CPU); the global batch stays the settings'")
+    t.add_argument("--accelerate-config", choices=ACCELERATE_CONFIGS,
+                   help="launch with `accelerate launch` and TRL's config of this name (DeepSpeed ZeRO, FSDP)")
 
     m = command("prepare-model", prepare_model_command)
     m.add_argument("--source", required=True, choices=["gguf_package", "hub", "local"])

@@ -175,6 +175,35 @@ def _check_vllm_sampling(where: str, grpo: dict) -> None:
             "training.grpo.vllm_importance_sampling_correction: false (the paper's objective) or top_p: 1.0")
 
 
+def train_processes(cfg: dict, model: str) -> int:
+    """The data-parallel ranks of one training run of ``model``: ``processes``, else one per GPU, else 1."""
+    res = cfg["models"][model]["train_resources"]
+    return res["processes"] or max(res["gpus"], 1)
+
+
+def _check_training_processes(cfg: dict, model_name: str) -> None:
+    res, where = cfg["models"][model_name]["train_resources"], f"config: models.{model_name}.train_resources"
+    processes = train_processes(cfg, model_name)
+    if res["gpus"] > 0 and processes != res["gpus"]:
+        raise PSPOError(f"{where}: processes {processes} with gpus {res['gpus']}: a run has one rank per GPU; "
+                        "leave processes null or set it equal to gpus")
+    if res["accelerate_config"] is not None and res["gpus"] < 2:
+        raise PSPOError(f"{where}: accelerate_config {res['accelerate_config']!r} shards training over GPUs; it "
+                        "needs gpus >= 2 (or set it null)")
+    if processes == 1:
+        return
+    selected = cfg["models"][model_name]["runs"]
+    for run in cfg["runs"] if selected is None else selected:
+        grpo = merged_grpo(cfg, model_name, run)
+        for key in ("gradient_accumulation_steps", "steps_per_generation"):
+            value = grpo.get(key, 1 if key == "gradient_accumulation_steps" else None)
+            if value is not None and value % processes:
+                raise PSPOError(
+                    f"{where}: {processes} processes, but run {run}'s {key} {value} does not divide by {processes}, "
+                    "so the global batch (per_device_train_batch_size x gradient_accumulation_steps) cannot stay the "
+                    f"same; make {key} a multiple of {processes}")
+
+
 def _check_semantics(cfg: dict) -> None:
     runs = cfg["runs"]
     _check_grpo_keys("training.grpo", cfg["training"]["grpo"])
@@ -200,12 +229,12 @@ def _check_semantics(cfg: dict) -> None:
                 raise PSPOError(
                     f"config: models.{model_name}.hyperparameters has unknown run {run!r}; defined runs: {', '.join(runs)}"
                 )
-        for kind in ("train_resources", "eval_resources"):
-            if model[kind]["gpus"] > 1:
-                raise PSPOError(
-                    f"config: models.{model_name}.{kind}.gpus is {model[kind]['gpus']}, but a job runs one process on "
-                    "one GPU (no data- or tensor-parallel path yet), so the others would be reserved and idle; "
-                    "set gpus: 1")
+        if model["eval_resources"]["gpus"] > 1:
+            raise PSPOError(
+                f"config: models.{model_name}.eval_resources.gpus is {model['eval_resources']['gpus']}, but an "
+                "evaluation job runs on one GPU (no tensor-parallel path yet), so the others would be reserved and "
+                "idle; set gpus: 1")
+        _check_training_processes(cfg, model_name)
         if model["source"] in ("hub", "local") and not model["path"]:
             raise PSPOError(f"config: models.{model_name}.path is required for source {model['source']!r}")
         if model["source"] == "gguf_package" and not (model["package"] and model["gguf_file"]):

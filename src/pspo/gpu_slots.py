@@ -39,15 +39,20 @@ def machine_gpus() -> list[str]:
     return [str(i) for i in range(len(seen[0]))] if seen else []
 
 
-def bound_local_run(workflow: Any) -> list[str]:
+def bound_local_run(workflow: Any, most: int = 0) -> list[str]:
     """The workflow's ``onstart``: under the local executor, with GPUs present, cap the ``gpu`` resource at their
-    number (unless ``--resources gpu=N`` set it) and publish the pool to the jobs. Returns the pool (empty: no-op)."""
+    number (unless ``--resources gpu=N`` set it) and publish the pool to the jobs. Returns the pool (empty: no-op).
+    ``most``: the most GPUs one job of the grid asks for; more than the machine has is refused before any job."""
     plugin = getattr(workflow, "executor_plugin", None)
     if plugin is None or plugin.name != "local":
         return []
     pool = machine_gpus()
     if not pool:
         return []
+    if most > len(pool):
+        raise PSPOError(f"a job of this grid asks for {most} GPUs and this machine has {len(pool)} "
+                        f"({','.join(pool)}): lower the model's gpus in the config or run it under SLURM "
+                        "(--profile slurm)")
     if "gpu" not in workflow.global_resources:
         workflow.register_resource("gpu", len(pool))
         # Snakemake 9.27's register_resource sets what is free now, not the cap its scheduler counts jobs against

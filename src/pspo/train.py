@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pspo.checkpoints import checkpoint_record, checkpoint_step, resume_point
+from pspo import distributed
+from pspo.checkpoints import checkpoint_record, checkpoint_step, latest_checkpoint, resume_point
 from pspo.device import job_device
 from pspo.errors import PSPOError
 from pspo.io import atomic_path, read_jsonl, write_json_atomic
 from pspo.rewards import REWARD_FUNCTIONS
-from pspo.train_log import TIMING_COLUMNS, csv_log_callback, learning_signal, write_log_csv
+from pspo.train_log import TIMING_COLUMNS, csv_log_callback, learning_signal, log_rows, write_log_csv
 
 log = logging.getLogger("pspo.train")
 
@@ -46,8 +47,17 @@ def _resolve_reward(reward: str | Callable | Sequence[Callable]) -> list[Callabl
         return [reward]
     if isinstance(reward, (list, tuple)) and reward and all(callable(f) for f in reward):
         return list(reward)
+    if isinstance(reward, str) and ":" in reward:  # "package.module:function", importable in every rank
+        import importlib
+
+        module, _, name = reward.partition(":")
+        try:
+            func = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise PSPOError(f"reward {reward!r} cannot be imported ({e}); give 'module:function' on the path") from None
+        return [func]
     if reward not in REWARD_FUNCTIONS:
-        raise PSPOError(f"unknown reward {reward!r}; valid: {', '.join(REWARD_FUNCTIONS)}")
+        raise PSPOError(f"unknown reward {reward!r}; valid: {', '.join(REWARD_FUNCTIONS)} or 'module:function'")
     return [REWARD_FUNCTIONS[reward]]
 
 
@@ -143,29 +153,45 @@ def run_training(
     provenance_extra: dict | None = None,
     callbacks: Sequence[Any] = (),
     overwrite: bool = False,
+    processes: int = 1,
+    accelerate_config: str | None = None,
 ) -> dict:
     """Train one GRPO run with the chosen objective; write the model, the per-step CSV log and a summary JSON.
 
     ``grpo_settings`` are :class:`pspo.trainer.PSPOConfig` fields (learning_rate, num_iterations, epsilon,
     per_device_train_batch_size, ..., max_steps or num_train_epochs, save_steps, logging_steps, eval_strategy...).
-    ``reward`` is ``"paper"`` / ``"correctness"`` (:mod:`pspo.rewards`) or reward function(s) in TRL's signature.
+    ``reward`` is ``"paper"`` / ``"correctness"`` (:mod:`pspo.rewards`), ``"module:function"`` or reward
+    function(s) in TRL's signature.
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests use them to inject faults).
     Checkpoints of a different configuration found in ``checkpoint_dir`` are moved to ``<dir>.stale-<hash>``, not
     resumed; ``keep_checkpoints_after_training`` (None: the config schema's default, false) keeps them once the final
     model is written. ``threads``: torch's CPU threads (None: $PSPO_TORCH_THREADS, else torch's default).
     Existing outputs of a different configuration (``summary_json``) are an error unless ``overwrite``.
-    Returns the summary dict.
+    ``processes`` > 1 trains data parallel (:mod:`pspo.distributed`): called without a launcher, this launches
+    the ranks (with ``accelerate_config``, one of TRL's accelerate configs) and waits; each rank then runs this
+    function too. ``threads`` is then per rank. Returns the summary dict.
     """
     model_name = (provenance_extra or {}).get("model") or Path(model_dir).name
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise PSPOError(f"processes must be an integer >= 1, got {processes!r}")
+    if accelerate_config is not None and processes == 1:
+        raise PSPOError(f"accelerate_config {accelerate_config!r} needs processes > 1 (one rank per GPU)")
+    launcher = processes > 1 and distributed.world_size() == 1
+    if distributed.world_size() not in (1, processes):
+        raise PSPOError(f"this rank is one of {distributed.world_size()}, but the run asks for {processes} processes")
     with job_device(model=model_name, require_gpu=require_gpu, threads=threads):
-        _check_gpu_memory(model_dir, grpo_settings, model_name)
-        return _train(
+        if not launcher:  # the launcher holds no GPU: its ranks check their own
+            _check_gpu_memory(model_dir, grpo_settings, model_name)
+        kwargs = dict(
             model_dir=model_dir, train_file=train_file, val_file=val_file, output_dir=output_dir, log_csv=log_csv,
             summary_json=summary_json, checkpoint_dir=checkpoint_dir, objective=objective, seed=seed,
             grpo_settings=grpo_settings, alpha=alpha, reward=reward, system_prompt=system_prompt,
             keep_checkpoints=keep_checkpoints, keep_checkpoints_after_training=keep_checkpoints_after_training,
-            provenance_extra=provenance_extra, callbacks=callbacks, overwrite=overwrite,
+            provenance_extra=provenance_extra, overwrite=overwrite, processes=processes,
         )
+        if launcher:
+            return _launch(kwargs, threads=threads, accelerate_config=accelerate_config, callbacks=callbacks)
+        return _train(**kwargs, callbacks=callbacks)
 
 
 def _check_gpu_memory(model_dir, grpo_settings: dict, model_name: str) -> None:
@@ -181,10 +207,76 @@ def _check_gpu_memory(model_dir, grpo_settings: dict, model_name: str) -> None:
                         gpu_gib=props.total_memory / GIB)
 
 
+def _run_identity(*, model_dir, objective, alpha, seed, settings, reward, system_prompt, processes) -> tuple:
+    """(alpha, run config, its hash): checkpoints from another configuration must not be resumed silently."""
+    from pspo.provenance import config_hash
+    from pspo.trainer import PSPOConfig
+
+    if objective != "pspo":
+        alpha = None
+    elif alpha is None:
+        alpha = PSPOConfig.__dataclass_fields__["smoothing_alpha"].default
+    run_config = {"model_dir": str(Path(model_dir).resolve()), "objective": objective, "alpha": alpha,
+                  "seed": seed, "grpo_settings": settings, "reward": reward if isinstance(reward, str) else "custom",
+                  "system_prompt": system_prompt}
+    if processes > 1:
+        run_config["processes"] = processes
+    return alpha, run_config, config_hash(run_config)
+
+
+def _launch(kwargs: dict, *, threads, accelerate_config, callbacks) -> dict:
+    """The launching process of a multi-process run: the run's filesystem work once, then the ranks."""
+    from pspo.models import check_model_dir
+
+    if callbacks:
+        raise PSPOError("callbacks cannot reach the ranks of a multi-process run; use processes=1")
+    if not isinstance(kwargs["reward"], str):
+        raise PSPOError("a multi-process run names its reward (e.g. 'paper'); a function cannot reach the ranks")
+    check_model_dir(kwargs["model_dir"])
+    processes = kwargs["processes"]
+    settings = distributed.per_process_settings(
+        _check_settings(kwargs["grpo_settings"], kwargs["objective"], kwargs["alpha"], kwargs["seed"]), processes)
+    _, run_config, run_hash = _run_identity(
+        model_dir=kwargs["model_dir"], objective=kwargs["objective"], alpha=kwargs["alpha"], seed=kwargs["seed"],
+        settings=settings, reward=kwargs["reward"], system_prompt=kwargs["system_prompt"], processes=processes)
+    if not kwargs["overwrite"]:
+        _refuse_other_outputs(kwargs["summary_json"], run_hash)
+    checkpoint_dir = Path(kwargs["checkpoint_dir"])
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume_point(checkpoint_dir, run_hash, run_config)  # moves stale checkpoints aside; the ranks only read
+    per_rank = max(1, (threads or os.cpu_count() or 1) // processes) if threads else None
+    distributed.launch({**kwargs, "threads": per_rank}, processes=processes, accelerate_config=accelerate_config,
+                       spec_path=checkpoint_dir / "launch.json")
+    return json.loads(Path(kwargs["summary_json"]).read_text(encoding="utf-8"))
+
+
+def _save_final_model(trainer, tokenizer, output_dir) -> None:
+    """The final model, renamed into place whole. With several ranks every rank takes part in the save (a sharded
+    model is gathered collectively) and rank 0 writes and renames."""
+    if trainer.accelerator.num_processes == 1:
+        with atomic_path(output_dir, is_dir=True) as tmp:
+            trainer.save_model(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        return
+    acc, output_dir = trainer.accelerator, Path(output_dir)
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-ranks")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        tokenizer.save_pretrained(str(tmp))
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    acc.wait_for_everyone()
+
+
 def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json, checkpoint_dir, objective, seed,
            grpo_settings, alpha, reward, system_prompt, keep_checkpoints, keep_checkpoints_after_training,
-           provenance_extra, callbacks, overwrite) -> dict:
-    """run_training's body, inside the device checks."""
+           provenance_extra, callbacks, overwrite, processes) -> dict:
+    """run_training's body, inside the device checks: one process, or one rank of ``processes``."""
     if not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
         raise PSPOError(f"keep_checkpoints must be an integer >= 1, got {keep_checkpoints!r}")
     if keep_checkpoints_after_training is None:
@@ -193,10 +285,10 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
         keep_checkpoints_after_training = schema_default("training", "keep_checkpoints_after_training")
 
     from pspo.models import check_model_dir
-    from pspo.provenance import config_hash, provenance
+    from pspo.provenance import provenance
 
     check_model_dir(model_dir)
-    settings = _check_settings(grpo_settings, objective, alpha, seed)
+    settings = distributed.per_process_settings(_check_settings(grpo_settings, objective, alpha, seed), processes)
     reward_funcs = _resolve_reward(reward)
     t0 = time.time()
 
@@ -211,17 +303,22 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
                   report_to=[])
     if alpha is not None:
         fields["smoothing_alpha"] = alpha
-    args = _pspo_config(settings, **fields)
-    alpha = args.smoothing_alpha if objective == "pspo" else None  # PSPOConfig's default where the job gives none
+    if processes > 1 and "ddp_backend" not in settings:
+        import torch
 
-    # The identity of the run: checkpoints from another configuration must not be resumed silently.
-    run_config = {"model_dir": str(Path(model_dir).resolve()), "objective": objective, "alpha": alpha,
-                  "seed": seed, "grpo_settings": settings, "reward": reward if isinstance(reward, str) else "custom",
-                  "system_prompt": system_prompt}
-    run_hash = config_hash(run_config)
+        if not torch.cuda.is_available():  # CPU ranks: gloo on CPU (without both, accelerate starts no DDP)
+            fields["ddp_backend"] = "gloo"
+            fields.setdefault("use_cpu", True)
+    args = _pspo_config(settings, **fields)
+    alpha, run_config, run_hash = _run_identity(
+        model_dir=model_dir, objective=objective, alpha=alpha, seed=seed, settings=settings, reward=reward,
+        system_prompt=system_prompt, processes=processes)
     if not overwrite:
         _refuse_other_outputs(summary_json, run_hash)
-    resume = resume_point(checkpoint_dir, run_hash, run_config)
+    if processes == 1:
+        resume = resume_point(checkpoint_dir, run_hash, run_config)
+    else:  # the launcher moved stale checkpoints aside and removed a half-written one (pspo.distributed)
+        resume = latest_checkpoint(checkpoint_dir)
 
     train_ds = Dataset.from_list(_load_rows(train_file, system_prompt))
     eval_ds = None
@@ -233,19 +330,22 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
         model=str(model_dir), reward_funcs=reward_funcs, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, callbacks=[csv_log_callback(log_csv), *callbacks],
     )
+    if trainer.accelerator.num_processes != processes:
+        raise PSPOError(f"this run asks for {processes} processes but the trainer joined "
+                        f"{trainer.accelerator.num_processes} (distributed type {trainer.accelerator.distributed_type}); "
+                        "set ddp_backend in the GRPO settings (gloo on CPU, nccl on GPUs)")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    rows = write_log_csv(log_csv, trainer.state.log_history)
+    main = trainer.accelerator.is_main_process
+    rows = write_log_csv(log_csv, trainer.state.log_history) if main else log_rows(trainer.state.log_history)
     signal = learning_signal(rows)
     warnings = signal.pop("warnings")
     for w in warnings:
         log.warning("%s", w)
-    if not signal["trained"]:
+    if not signal["trained"] and main:
         print(f"pspo train: warning: {warnings[0]}", file=sys.stderr)
 
-    moved = weight_change(trainer.model, model_dir)
-    with atomic_path(output_dir, is_dir=True) as tmp:
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+    moved = weight_change(trainer.model, model_dir) if main else None
+    _save_final_model(trainer, tokenizer, output_dir)
 
     data_files = [train_file] + ([val_file] if val_file is not None and Path(val_file).is_file() else [])
     final = {k: v for k, v in (rows[-1] if rows else {}).items() if k not in TIMING_COLUMNS}
@@ -254,6 +354,8 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
         "alpha": alpha,
         "seed": seed,
         "num_iterations": args.num_iterations,
+        "processes": trainer.accelerator.num_processes,
+        "global_batch": distributed.global_batch(settings, trainer.accelerator.num_processes),
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "wall_time_s": time.time() - t0,
@@ -276,6 +378,8 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
             config=run_config, data_files=data_files, model_dir=str(model_dir), **(provenance_extra or {})
         ),
     }
+    if not main:
+        return summary
     if not keep_checkpoints_after_training:
         # The final model is the output; checkpoints exist to resume an interrupted run (CPU grids save disk).
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -284,4 +388,18 @@ def _train(*, model_dir, train_file, val_file, output_dir, log_csv, summary_json
     return summary
 
 
+def _rank_main(argv: list[str]) -> None:
+    """One rank of a multi-process run: ``python -m pspo.train <spec.json>`` (pspo.distributed starts it)."""
+    distributed.die_with_parent()
+    kwargs = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    try:
+        run_training(**kwargs)
+    except PSPOError as error:
+        print(distributed.ERROR_PREFIX.format(rank=distributed.rank()) + str(error), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 __all__ = ["run_training", "weight_change"]
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1:])

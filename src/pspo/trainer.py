@@ -454,6 +454,8 @@ class PSPOTrainer(GRPOTrainer):
         if buffered is not None:
             buffered = [{k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in buffered]
         torch.save({"step": self._step, "buffered_inputs": buffered}, os.path.join(folder, self._reuse_state_name()))
+        # Every rank's file exists before rank 0 writes trainer_state.json, which marks the checkpoint complete.
+        self.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):

@@ -46,7 +46,11 @@ if CFG["data"]["source"] == "local":
 
 onstart:
     # snakemake --cores all on a GPU machine: at most one job per GPU, each on its own (no-op under SLURM)
-    bound_local_run(workflow)
+    try:
+        bound_local_run(workflow, most=max(
+            m[kind]["gpus"] for m in CFG["models"].values() for kind in ("train_resources", "eval_resources")))
+    except PSPOError as error:
+        sys.exit(f"error: {error}")
 
 
 R = CFG["results_dir"]

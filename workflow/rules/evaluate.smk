@@ -19,6 +19,9 @@ rule evaluate:
         gpu=model_resources("eval_resources")("gpus"),
         mem_mb=model_resources("eval_resources")("mem_mb"),
         runtime=model_resources("eval_resources")("runtime"),
+        # SLURM plugin 2.6.1 adds --ntasks-per-gpu=1 to a GPU job unless told 0: one task per GPU, and the job's
+        # one `srun -n1` step would then see one of its GPUs
+        tasks_per_gpu=0,
     params:
         generation=lambda w: pspo_config.generation_settings(
             CFG, float(w.temperature), int(w.n)

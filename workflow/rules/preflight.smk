@@ -14,9 +14,10 @@ rule preflight:
         STACK_ENV
     threads: CFG["models"][MODELS[0]]["train_resources"]["threads"]
     resources:
-        gpu=CFG["models"][MODELS[0]]["train_resources"]["gpus"],
+        gpu=min(CFG["models"][MODELS[0]]["train_resources"]["gpus"], 1),  # one process on one GPU
         mem_mb=CFG["models"][MODELS[0]]["train_resources"]["mem_mb"],
         runtime=20,
+        tasks_per_gpu=0,  # see train.smk
     params:
         settings=pspo_config.preflight_settings(CFG),
     script:

@@ -22,6 +22,9 @@ rule train:
         gpu=model_resources("train_resources")("gpus"),
         mem_mb=model_resources("train_resources")("mem_mb"),
         runtime=model_resources("train_resources")("runtime"),
+        # SLURM plugin 2.6.1 adds --ntasks-per-gpu=1 to a GPU job unless told 0: one task per GPU, and the job's
+        # one `srun -n1` step would then see one of its GPUs
+        tasks_per_gpu=0,
     params:
         objective=lambda w: train_job(w).objective(CFG),
         alpha=lambda w: train_job(w).alpha,
@@ -33,5 +36,7 @@ rule train:
         keep_after=CFG["training"]["keep_checkpoints_after_training"],
         system_prompt=lambda w: CFG["models"][w.model]["system_prompt"],
         require_gpu=lambda w: CFG["models"][w.model]["train_resources"]["gpus"] > 0,
+        processes=lambda w: pspo_config.train_processes(CFG, w.model),
+        accelerate_config=lambda w: CFG["models"][w.model]["train_resources"]["accelerate_config"],
     script:
         "../scripts/train.py"

@@ -23,6 +23,8 @@ run_job(
         keep_checkpoints_after_training=p.keep_after,
         require_gpu=p.require_gpu,
         threads=snakemake.threads,
+        processes=p.processes,
+        accelerate_config=p.accelerate_config,
         provenance_extra={"model": snakemake.wildcards.model, "run_id": snakemake.wildcards.run_id},
     ),
 )
