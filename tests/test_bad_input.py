@@ -47,6 +47,20 @@ def test_bad_config_stops_the_workflow_with_one_line(tmp_path, override, message
     assert not (tmp_path / "results").exists()
 
 
+def test_a_pspo_from_elsewhere_is_refused_before_any_job(tmp_path):
+    """The jobs import the installed pspo: one from another checkout would run other code, so the workflow stops."""
+    (tmp_path / "pspo").mkdir()
+    (tmp_path / "pspo" / "__init__.py").write_text("")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/ci.yaml",
+           "--config", f"results_dir={tmp_path / 'results'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"pspo is imported from {tmp_path / 'pspo'}, not this checkout's" in errors[0], errors
+    assert "pip install -e" in errors[0] and not (tmp_path / "results").exists()
+
+
 def test_data_directory_missing_a_file(tmp_path, data_dir):
     for name in ("gsm8k_train.jsonl", "gsm8k_test.jsonl", "svamp.jsonl", "asdiv.jsonl"):
         os.symlink(data_dir / name, tmp_path / name)

@@ -2,7 +2,7 @@
 Qwen2-architecture model (no hub) trains a few bf16 steps with every objective, then is evaluated with the backend
 ``auto`` picks (vLLM when installed); and the paper grid's own path, as ``pspo preflight`` runs it: TRL's colocated
 vLLM training at top_p 0.9 with the weight sync checked, and a sampled (n = 2) evaluation launched from a script as
-a workflow job (vLLM's engine is spawned on CUDA). On a GPU node: ``python -m pytest -m gpu -ra`` (README "HPC")."""
+a workflow job (vLLM's engine is spawned on CUDA). On a GPU node: ``python -m pytest -m gpu -ra`` (README "Tests")."""
 
 from __future__ import annotations
 

@@ -238,7 +238,7 @@ def test_adversarial_math(completion, gold, correct):
 # A final answer followed by sentence punctuation, with or without markdown emphasis, on a '####' line or in a plain
 # closing sentence, grades like the bare answer; its wrong-value twin still grades wrong.
 # --------------------------------------------------------------------------------------------------- property: an answer
-# ending a sentence. Every number form README lists x every trailing mark x every benchmark x every sentence shape: the
+# ending a sentence. Every number form docs/data-and-grading.md lists x every trailing mark x every benchmark x every sentence shape: the
 # grade of "...X<mark>" equals that of "...X", and the extracted answer is the same (nothing of X dropped). A new form
 # or mark is one line here.
 # (right answer, wrong twin, numeric gold, MATH-500 gold)
@@ -282,7 +282,7 @@ def test_trailing_marks_change_no_grade(bench, shape, form):
             assert (g.correct, g.extracted) == (bare.correct, bare.extracted), (bench, text, g, bare)
 
 
-# A '!' inside math is a factorial; after an answer in prose it ends the sentence (README "Extraction").
+# A '!' inside math is a factorial; after an answer in prose it ends the sentence (docs/data-and-grading.md, "Extraction").
 FACTORIALS = [("The answer is \\boxed{5!}", True), ("The answer is $5!$.", True), ("5! = 120", True),
               ("The answer is 5! = 120.", True), ("#### 5! = 120", True),
               ("The answer is 5!", False), ("#### 5!", False), ("Hence the value is 5!.", False)]

@@ -166,7 +166,7 @@ def _check_grpo_keys(where: str, settings: dict) -> None:
 def _check_vllm_sampling(where: str, grpo: dict) -> None:
     """vLLM-generated training at top_p < 1 with TRL's importance-sampling correction optimises another objective:
     TRL divides by vLLM's log-probs after top-p renormalisation, so each completion is weighted by its tokens'
-    nucleus mass (README "The objective on the vLLM path")."""
+    nucleus mass (docs/gpu-path.md, measured in docs/results.md)."""
     top_p = grpo.get("top_p", 1.0)
     if grpo.get("use_vllm") and top_p < 1.0 and grpo.get("vllm_importance_sampling_correction", True):
         raise PSPOError(

@@ -5,11 +5,10 @@ weight sync, validation with ``load_best_model_at_end``, vLLM evaluation, sample
 What changes, and nothing else: the packaged SmolLM2-135M-Instruct in place of the paper models (with the first
 paper model's per-run hyperparameters), float32, tiny sizes (steps, rows, tokens, batch), one seed, the main alpha
 and one more, GSM8K alone (grading is the same code on every backend), one sampled temperature for the main
-GR-PSPO run, and the CPU stand-in task for training (the packaged model gets no reward spread on GSM8K: README
-"Data"). Every run, the learning-rate schedule with warm-up, top_p, the vLLM settings and the evaluation backend
+GR-PSPO run, and the CPU stand-in task for training (the packaged model gets no reward spread on GSM8K: docs/data-and-grading.md). Every run, the learning-rate schedule with warm-up, top_p, the vLLM settings and the evaluation backend
 (``vllm``) stay the paper grid's.
 
-    pspo miniature-config --out config/paper-mini.yaml && snakemake --cores 2 --configfile config/paper-mini.yaml
+    pspo miniature-config --out mini.yaml && snakemake --cores 2 --configfile mini.yaml
 """
 
 from __future__ import annotations

@@ -5,14 +5,18 @@ import re
 import sys
 from pathlib import Path
 
-_SRC = str(Path(workflow.basedir) / "src")
-if _SRC not in sys.path:
-    sys.path.insert(0, _SRC)
-# Jobs (local, conda or SLURM) import the same package from this checkout, installed or not. This sets, and
-# does not require, PYTHONPATH.
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
-)
+# pspo is installed, not injected: the Snakemake interpreter (which runs every job's script without --sdm conda)
+# has it from `pip install -e .` (install.sh), a conda env from its env file (`-e ..`).
+import importlib.util
+
+_SRC = Path(workflow.basedir) / "src"
+_SPEC = importlib.util.find_spec("pspo")
+if _SPEC is None:
+    sys.exit(f"error: the package pspo is not installed in {sys.executable}; run `pip install -e {workflow.basedir}` "
+             "(install.sh does) and start Snakemake from that environment")
+if not Path(_SPEC.origin).resolve().is_relative_to(_SRC.resolve()):
+    sys.exit(f"error: pspo is imported from {Path(_SPEC.origin).parent}, not this checkout's {_SRC}: the jobs would "
+             f"run other code; run `pip install -e {workflow.basedir}` in this environment")
 
 from pspo import config as pspo_config
 from pspo import layout as L

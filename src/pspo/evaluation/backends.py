@@ -53,7 +53,7 @@ def resolve_backend(backend: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on a GPU that supports it, float32 on CPU (see the README: on CPU bf16 changes greedy
+    """``auto``: bfloat16 on a GPU that supports it, float32 on CPU (docs/evaluation.md: on CPU bf16 changes greedy
     answers and is only fast on CPUs with AMX / AVX512-BF16)."""
     if dtype not in DTYPES:
         raise PSPOError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
