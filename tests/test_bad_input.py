@@ -61,6 +61,24 @@ def test_a_pspo_from_elsewhere_is_refused_before_any_job(tmp_path):
     assert "pip install -e" in errors[0] and not (tmp_path / "results").exists()
 
 
+def test_several_nodes_without_slurm_is_one_line_before_any_job(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    config["results_dir"] = str(tmp_path / "results")
+    for model in config["models"].values():
+        model.setdefault("train_resources", {})["nodes"] = 2
+    config["training"]["grpo"]["gradient_accumulation_steps"] = 2  # 2 nodes x 1 rank: the global batch divides
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(tmp_path / "nodes.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert errors == ["error: models smollm2-135m train over several nodes (train_resources.nodes > 1), which runs "
+                      "under SLURM only: use --profile slurm, or set nodes: 1"], proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_data_directory_missing_a_file(tmp_path, data_dir):
     for name in ("gsm8k_train.jsonl", "gsm8k_test.jsonl", "svamp.jsonl", "asdiv.jsonl"):
         os.symlink(data_dir / name, tmp_path / name)

@@ -39,7 +39,7 @@ def test_defaults_are_filled_in():
     assert cfg["data"]["train_size"] == 7000 and cfg["data"]["val_size"] is None
     assert cfg["evaluation"]["max_new_tokens"] == 128
     assert cfg["models"]["m"]["train_resources"] == {"gpus": 0, "threads": 2, "mem_mb": 8000, "runtime": 60,
-                                                     "processes": None, "accelerate_config": None}
+                                                     "processes": None, "nodes": 1, "accelerate_config": None}
     assert cfg["alphas"] == [0.1] and cfg["main_alpha"] == 0.1
 
 

@@ -266,3 +266,82 @@ def test_a_two_process_run_through_the_workflow_resumes_after_kill9(tiny_model_d
     assert done["processes"] == 2 and done["global_batch"] == distributed.global_batch(SETTINGS, 1)
     log = Path(layout.path(str(results), layout.TRAIN_LOG, **job))
     assert [int(r["step"]) for r in _rows(log)] == list(range(1, N_STEPS + 1))
+
+
+# ------------------------------------------------------------------------------------------------- several nodes
+FAKE_SRUN = '''#!{python}
+"""srun on one host: --ntasks tasks of the command, task i with SLURM_NODEID=SLURM_PROCID=i (each a "node")."""
+import os, subprocess, sys, time
+args = sys.argv[1:]
+options = [a for a in args if a.startswith("--")]
+command = args[len(options):]
+tasks = int(next(a.split("=", 1)[1] for a in options if a.startswith("--ntasks=")))
+with open(os.environ["FAKE_SRUN_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+procs = [subprocess.Popen(command, env=dict(os.environ, SLURM_NODEID=str(i), SLURM_PROCID=str(i),
+                                           SLURM_STEP_NODELIST="localhost")) for i in range(tasks)]
+while all(p.poll() is None for p in procs):
+    time.sleep(0.1)
+if any(p.poll() not in (None, 0) for p in procs):  # --kill-on-bad-exit
+    for p in procs:
+        p.kill()
+sys.exit(max(abs(p.wait()) for p in procs))
+'''
+
+
+def test_the_head_node_is_the_jobs_first_host(tmp_path, monkeypatch):
+    assert distributed.head_node({"SLURM_JOB_NODELIST": "gpu07,gpu09"}) == "gpu07"
+    assert distributed.head_node({"SLURM_STEP_NODELIST": "gpu09", "SLURM_JOB_NODELIST": "gpu07,gpu09"}) == "gpu09"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import sys
+        if sys.argv[1:3] == ["show", "job"]:
+            print("JobId=42 JobName=train\\n   NodeList=gpu[03-04] BatchHost=gpu03")
+        elif sys.argv[1:3] == ["show", "hostnames"] and sys.argv[3] == "gpu[03-04]":
+            print("gpu03\\ngpu04")
+        """))
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    # the job step plugin strips SLURM_JOB_NODELIST: the job's NodeList comes from scontrol
+    assert distributed.head_node({"SLURM_JOB_ID": "42"}) == "gpu03"
+    assert distributed.head_node({"SLURM_NODELIST": "gpu[03-04]"}) == "gpu03"
+    with pytest.raises(PSPOError, match=r"runs inside a SLURM job \(snakemake --profile slurm\)"):
+        distributed.head_node({})
+
+
+def test_each_node_starts_its_share_of_the_ranks():
+    cmd = distributed.launch_command("s.json", 8, nodes=2, node_rank=1, head="gpu03", port=29400)
+    assert {"--nnodes=2", "--node-rank=1", "--master-addr=gpu03", "--master-port=29400", "--nproc-per-node=4"} <= set(cmd)
+    sharded = distributed.launch_command("s.json", 8, "zero3", nodes=2, node_rank=1, head="gpu03", port=29400)
+    assert sharded[sharded.index("--num_processes") + 1] == "8" and sharded[sharded.index("--num_machines") + 1] == "2"
+    assert sharded[sharded.index("--machine_rank") + 1] == "1" and sharded[sharded.index("--main_process_ip") + 1] == "gpu03"
+    srun = distributed.nodes_command("s.json", 8, None, 2, 29400, gpus_per_node=4)
+    assert srun[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--overlap", "--gres=gpu:4"]
+    with pytest.raises(PSPOError, match="3 processes do not split evenly over 2 nodes"):
+        distributed.launch_command("s.json", 3, nodes=2, node_rank=0, head="h", port=1)
+
+
+def test_two_nodes_meet_at_the_head_and_train_as_one_run(two_process_run, tiny_model_dir, train_file, reward_path,
+                                                         tmp_path, monkeypatch):
+    """nodes: 2 inside a SLURM job, on one host: srun's two tasks (a stand-in srun that starts both here, with the
+    step's node list) each start a one-rank torchrun that meets the other at the head; the run equals the one-node
+    two-process run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SRUN_LOG", str(tmp_path / "srun.log"))
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(reward_path), os.environ.get("PYTHONPATH", "")]))
+    from pspo.train import run_training
+
+    # one thread per rank, as in the reference (2 threads over its 2 ranks): the same sums, so the same floats
+    summary = run_training(**_kw(tmp_path / "run", tiny_model_dir, train_file, nodes=2, threads=1))
+    assert "--ntasks=2" in (tmp_path / "srun.log").read_text()
+    assert summary["processes"] == 2 and summary["steps"] == N_STEPS
+    ref_root, _ = two_process_run
+    assert _rows(tmp_path / "run" / "log.csv") == _rows(ref_root / "log.csv")
+    ref, got = _params(ref_root / "model"), _params(tmp_path / "run" / "model")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)

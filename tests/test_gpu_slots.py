@@ -169,6 +169,7 @@ def test_under_slurm_a_gpu_job_is_one_task_that_sees_all_its_gpus():
         WorkflowSettings,
     )
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         api_workflow = api.workflow(
@@ -186,10 +187,14 @@ def test_under_slurm_a_gpu_job_is_one_task_that_sees_all_its_gpus():
         __getattr__ = dict.__getitem__
 
     def submit(**resources) -> str:
-        job = SimpleNamespace(resources=Resources(gpu=2, mem_mb=1000, runtime=60, **resources), threads=4,
+        job = SimpleNamespace(resources=Resources({"gpu": 2, "mem_mb": 1000, "runtime": 60, **resources}), threads=4,
                               is_group=lambda: False, name="train", wildcards={})
         return get_submit_command(job, dict(run_uuid="u", slurm_logfile="l", comment_str="c", account="",
-                                            partition="", workdir="."))
+                                            partition="", workdir=".")) + set_gres_string(job)
 
     assert "--ntasks-per-gpu=1" in submit()  # what the plugin does unless told
-    assert "--ntasks-per-gpu" not in submit(tasks_per_gpu=0)
+    assert "--ntasks-per-gpu" not in submit(tasks_per_gpu=0) and "--gpus=2" in submit(tasks_per_gpu=0)
+    # a run over 2 nodes asks for its GPUs per node (--gres; SLURM's --gpus counts the whole job's)
+    two_nodes = submit(gpu=0, gres="gpu:4", nodes=2, tasks_per_gpu=0)
+    assert "--nodes=2" in two_nodes and "--gres=gpu:4" in two_nodes and "--gpus" not in two_nodes
+    assert "--ntasks-per-gpu" not in two_nodes

@@ -176,17 +176,18 @@ def _check_vllm_sampling(where: str, grpo: dict) -> None:
 
 
 def train_processes(cfg: dict, model: str) -> int:
-    """The data-parallel ranks of one training run of ``model``: ``processes``, else one per GPU, else 1."""
+    """The data-parallel ranks of one training run of ``model``, over all its nodes: per node ``processes``, else
+    one per GPU, else 1."""
     res = cfg["models"][model]["train_resources"]
-    return res["processes"] or max(res["gpus"], 1)
+    return (res["processes"] or max(res["gpus"], 1)) * res["nodes"]
 
 
 def _check_training_processes(cfg: dict, model_name: str) -> None:
     res, where = cfg["models"][model_name]["train_resources"], f"config: models.{model_name}.train_resources"
     processes = train_processes(cfg, model_name)
-    if res["gpus"] > 0 and processes != res["gpus"]:
-        raise PSPOError(f"{where}: processes {processes} with gpus {res['gpus']}: a run has one rank per GPU; "
-                        "leave processes null or set it equal to gpus")
+    if res["gpus"] > 0 and res["processes"] not in (None, res["gpus"]):
+        raise PSPOError(f"{where}: processes {res['processes']} with gpus {res['gpus']}: a run has one rank per "
+                        "GPU; leave processes null or set it equal to gpus")
     if res["accelerate_config"] is not None and res["gpus"] < 2:
         raise PSPOError(f"{where}: accelerate_config {res['accelerate_config']!r} shards training over GPUs; it "
                         "needs gpus >= 2 (or set it null)")

@@ -11,6 +11,11 @@
   ``per_device x (GA / P) x P`` is the one-process global batch; a GA that P does not divide is refused.
 * **Rank 0 writes** the log CSV, the final model, the summary; every rank writes its own slice of TRL's
   generation buffer into each checkpoint (:class:`pspo.trainer.PSPOTrainer`), so a resume is exact.
+* **Several nodes** (``nodes`` > 1, under SLURM): the job's process runs ``srun`` with one task per node, and each
+  task (``python -m pspo.distributed``) starts its node's launcher with its node rank (``SLURM_NODEID``) and the
+  head node's address, derived inside that step (its first host: ``SLURM_STEP_NODELIST``, as the job step plugin
+  strips the job's ``SLURM_JOB_NODELIST``), so the ranks meet there. The checkpoint directory must be on a filesystem every node
+  sees, as a cluster's home or project space is.
 * **A rank that dies ends the job.** torchrun stops the other ranks (``--max-restarts 0``); the launcher's one line
   names the rank and its error. The launcher and every rank die with their parent (``PR_SET_PDEATHSIG``): a
   ``kill -9`` of the job leaves no rank running, and the rerun resumes from the last checkpoint.
@@ -94,15 +99,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(spec_path: str | os.PathLike, processes: int, accelerate_config: str | None = None) -> list[str]:
-    """The command that starts ``processes`` ranks, each running ``python -m pspo.train spec_path``."""
+def launch_command(spec_path: str | os.PathLike, processes: int, accelerate_config: str | None = None, *,
+                   nodes: int = 1, node_rank: int = 0, head: str | None = None, port: int | None = None) -> list[str]:
+    """The command that starts one node's share of ``processes`` ranks (all of them on one node), each running
+    ``python -m pspo.train spec_path``; with ``nodes`` > 1 the ranks meet at ``head:port``."""
     worker = ["-m", "pspo.train", str(spec_path)]
+    if processes % nodes:
+        raise PSPOError(f"{processes} processes do not split evenly over {nodes} nodes")
+    per_node = processes // nodes
     if accelerate_config is None:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+        where = ["--standalone"] if nodes == 1 else [
+            f"--nnodes={nodes}", f"--node-rank={node_rank}", f"--master-addr={head}", f"--master-port={port}"]
+        return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={per_node}",
                 "--max-restarts=0", *worker]
+    where = ["--main_process_port", str(port or _free_port())]
+    if nodes > 1:
+        where += ["--machine_rank", str(node_rank), "--main_process_ip", head]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(accelerate_config_file(accelerate_config)), "--num_processes", str(processes), "--num_machines", "1",
-            "--main_process_port", str(_free_port()), "--max_restarts", "0", *worker]
+            str(accelerate_config_file(accelerate_config)), "--num_processes", str(processes), "--num_machines",
+            str(nodes), *where, "--max_restarts", "0", *worker]
+
+
+def head_node(env: dict | None = None) -> str:
+    """The first host of this SLURM job step (``SLURM_STEP_NODELIST``, else ``SLURM_NODELIST``), else of the job
+    (``SLURM_JOB_NODELIST``, else its NodeList from ``scontrol show job``); a bracketed list (``gpu[03-05]``) is
+    expanded with ``scontrol show hostnames``."""
+    env = os.environ if env is None else env
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        job = env.get("SLURM_JOB_ID")
+        if not job:
+            raise PSPOError("a training run over several nodes runs inside a SLURM job (snakemake --profile slurm); "
+                            "SLURM_JOB_ID is not set here")
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        found = re.search(r"\bNodeList=(\S+)", shown)
+        if not found or found[1] == "(null)":
+            raise PSPOError(f"cannot find SLURM job {job}'s nodes (`scontrol show job {job}` gave no NodeList)")
+        nodelist = found[1]
+    if "[" not in nodelist:
+        return nodelist.split(",")[0]
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True).stdout.split()
+    if not hosts:
+        raise PSPOError(f"`scontrol show hostnames {nodelist}` named no host")
+    return hosts[0]
+
+
+def nodes_command(spec_path: str | os.PathLike, processes: int, accelerate_config: str | None, nodes: int,
+                  port: int, gpus_per_node: int = 0) -> list[str]:
+    """``srun``: one task per node of this job (with its GPUs), each starting its node's launcher
+    (:func:`_node_main`); ``--overlap`` shares the resources of the job step this runs in."""
+    gpus = [f"--gres=gpu:{gpus_per_node}"] if gpus_per_node else []
+    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--overlap", *gpus,
+            "--kill-on-bad-exit=1", "--export=ALL", sys.executable, "-m", "pspo.distributed", str(spec_path),
+            str(processes), str(nodes), str(port), accelerate_config or "-"]
+
+
+def _node_main(argv: list[str]) -> None:
+    """One node's task under ``srun`` (:func:`nodes_command`): start this node's launcher and wait for it."""
+    die_with_parent()
+    spec, processes, nodes, port, accelerate_config = argv
+    cmd = launch_command(spec, int(processes), None if accelerate_config == "-" else accelerate_config,
+                         nodes=int(nodes), node_rank=int(os.environ.get("SLURM_NODEID", "0")), head=head_node(),
+                         port=int(port))
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    sys.exit(subprocess.run(cmd, env=env, preexec_fn=die_with_parent).returncode)
 
 
 def die_with_parent() -> None:
@@ -133,9 +193,18 @@ def failure_line(output: str, processes: int, returncode: int) -> str:
     return f"the training launcher exited with code {returncode} before naming a failed rank; the job's log holds its output"
 
 
-def launch(run_kwargs: dict, *, processes: int, accelerate_config: str | None, spec_path: str | os.PathLike) -> None:
-    """Run ``pspo.train.run_training(**run_kwargs)`` on ``processes`` ranks and wait; a failure is one PSPOError
-    line. The launcher's output is copied line by line to this process's stdout (the job's log)."""
+def launch(run_kwargs: dict, *, processes: int, accelerate_config: str | None, spec_path: str | os.PathLike,
+           nodes: int = 1, gpus_per_node: int = 0) -> None:
+    """Run ``pspo.train.run_training(**run_kwargs)`` on ``processes`` ranks (over ``nodes`` nodes of this SLURM
+    job) and wait; a failure is one PSPOError line. The launcher's output is copied line by line to this process's
+    stdout (the job's log)."""
+    if nodes > 1:
+        if not os.environ.get("SLURM_JOB_ID"):
+            raise PSPOError("a training run over several nodes runs inside a SLURM job (snakemake --profile slurm); "
+                            "SLURM_JOB_ID is not set here")
+        cmd = nodes_command(spec_path, processes, accelerate_config, nodes, _free_port(), gpus_per_node)
+    else:
+        cmd = launch_command(spec_path, processes, accelerate_config)
     spec_path = Path(spec_path)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(run_kwargs, default=str))
@@ -143,7 +212,6 @@ def launch(run_kwargs: dict, *, processes: int, accelerate_config: str | None, s
     threads = run_kwargs.get("threads")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = launch_command(spec_path, processes, accelerate_config)
     print(f"launching {processes} training processes: {' '.join(cmd)}", flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=2000)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -160,3 +228,7 @@ def launch(run_kwargs: dict, *, processes: int, accelerate_config: str | None, s
     sys.stdout.flush()
     if proc.returncode != 0:
         raise PSPOError(failure_line("".join(tail), processes, proc.returncode))
+
+
+if __name__ == "__main__":
+    _node_main(sys.argv[1:])

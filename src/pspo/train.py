@@ -155,6 +155,7 @@ def run_training(
     overwrite: bool = False,
     processes: int = 1,
     accelerate_config: str | None = None,
+    nodes: int = 1,
 ) -> dict:
     """Train one GRPO run with the chosen objective; write the model, the per-step CSV log and a summary JSON.
 
@@ -169,17 +170,21 @@ def run_training(
     Existing outputs of a different configuration (``summary_json``) are an error unless ``overwrite``.
     ``processes`` > 1 trains data parallel (:mod:`pspo.distributed`): called without a launcher, this launches
     the ranks (with ``accelerate_config``, one of TRL's accelerate configs) and waits; each rank then runs this
-    function too. ``threads`` is then per rank. Returns the summary dict.
+    function too. ``threads`` is then per rank. ``nodes`` > 1 spreads the ``processes`` ranks evenly over that many
+    nodes of the SLURM job this runs in. Returns the summary dict.
     """
     model_name = (provenance_extra or {}).get("model") or Path(model_dir).name
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise PSPOError(f"processes must be an integer >= 1, got {processes!r}")
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1 or processes % nodes:
+        raise PSPOError(f"nodes must be an integer >= 1 that divides processes ({processes}), got {nodes!r}")
     if accelerate_config is not None and processes == 1:
         raise PSPOError(f"accelerate_config {accelerate_config!r} needs processes > 1 (one rank per GPU)")
     launcher = processes > 1 and distributed.world_size() == 1
     if distributed.world_size() not in (1, processes):
         raise PSPOError(f"this rank is one of {distributed.world_size()}, but the run asks for {processes} processes")
-    with job_device(model=model_name, require_gpu=require_gpu, threads=threads):
+    # A launcher over several nodes runs in a job step without GPUs (its ranks' steps hold them): they check theirs.
+    with job_device(model=model_name, require_gpu=require_gpu and not (launcher and nodes > 1), threads=threads):
         if not launcher:  # the launcher holds no GPU: its ranks check their own
             _check_gpu_memory(model_dir, grpo_settings, model_name)
         kwargs = dict(
@@ -190,7 +195,8 @@ def run_training(
             provenance_extra=provenance_extra, overwrite=overwrite, processes=processes,
         )
         if launcher:
-            return _launch(kwargs, threads=threads, accelerate_config=accelerate_config, callbacks=callbacks)
+            return _launch(kwargs, threads=threads, accelerate_config=accelerate_config, callbacks=callbacks,
+                           nodes=nodes, require_gpu=require_gpu)
         return _train(**kwargs, callbacks=callbacks)
 
 
@@ -224,7 +230,7 @@ def _run_identity(*, model_dir, objective, alpha, seed, settings, reward, system
     return alpha, run_config, config_hash(run_config)
 
 
-def _launch(kwargs: dict, *, threads, accelerate_config, callbacks) -> dict:
+def _launch(kwargs: dict, *, threads, accelerate_config, callbacks, nodes, require_gpu) -> dict:
     """The launching process of a multi-process run: the run's filesystem work once, then the ranks."""
     from pspo.models import check_model_dir
 
@@ -244,9 +250,11 @@ def _launch(kwargs: dict, *, threads, accelerate_config, callbacks) -> dict:
     checkpoint_dir = Path(kwargs["checkpoint_dir"])
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_point(checkpoint_dir, run_hash, run_config)  # moves stale checkpoints aside; the ranks only read
-    per_rank = max(1, (threads or os.cpu_count() or 1) // processes) if threads else None
-    distributed.launch({**kwargs, "threads": per_rank}, processes=processes, accelerate_config=accelerate_config,
-                       spec_path=checkpoint_dir / "launch.json")
+    per_rank = max(1, threads // (processes // nodes)) if threads else None  # a node's threads over its ranks
+    distributed.launch({**kwargs, "threads": per_rank, "require_gpu": require_gpu}, processes=processes,
+                       accelerate_config=accelerate_config,
+                       spec_path=checkpoint_dir / "launch.json", nodes=nodes,
+                       gpus_per_node=processes // nodes if require_gpu else 0)
     return json.loads(Path(kwargs["summary_json"]).read_text(encoding="utf-8"))
 
 

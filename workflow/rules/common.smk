@@ -55,6 +55,10 @@ onstart:
             m[kind]["gpus"] for m in CFG["models"].values() for kind in ("train_resources", "eval_resources")))
     except PSPOError as error:
         sys.exit(f"error: {error}")
+    multi_node = [m for m, model in CFG["models"].items() if model["train_resources"]["nodes"] > 1]
+    if multi_node and not workflow.executor_plugin.name.startswith("slurm"):
+        sys.exit(f"error: models {', '.join(multi_node)} train over several nodes (train_resources.nodes > 1), "
+                 "which runs under SLURM only: use --profile slurm, or set nodes: 1")
 
 
 R = CFG["results_dir"]

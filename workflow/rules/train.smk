@@ -2,6 +2,10 @@
 # live outside the job's outputs ({R}/checkpoints), so a failed or cancelled job keeps them and the rerun resumes.
 
 
+def _train_res(w):
+    return CFG["models"][w.model]["train_resources"]
+
+
 rule train:
     input:
         model=out(L.MODEL),
@@ -19,7 +23,10 @@ rule train:
         STACK_ENV
     threads: model_resources("train_resources")("threads")
     resources:
-        gpu=model_resources("train_resources")("gpus"),
+        # one node: --gpus=N; several: N per node (--gres=gpu:N), as SLURM's --gpus counts the whole job's
+        gpu=lambda w: 0 if _train_res(w)["nodes"] > 1 else _train_res(w)["gpus"],
+        gres=lambda w: f"gpu:{_train_res(w)['gpus']}" if _train_res(w)["nodes"] > 1 and _train_res(w)["gpus"] else "",
+        nodes=lambda w: _train_res(w)["nodes"],
         mem_mb=model_resources("train_resources")("mem_mb"),
         runtime=model_resources("train_resources")("runtime"),
         # SLURM plugin 2.6.1 adds --ntasks-per-gpu=1 to a GPU job unless told 0: one task per GPU, and the job's
@@ -37,6 +44,7 @@ rule train:
         system_prompt=lambda w: CFG["models"][w.model]["system_prompt"],
         require_gpu=lambda w: CFG["models"][w.model]["train_resources"]["gpus"] > 0,
         processes=lambda w: pspo_config.train_processes(CFG, w.model),
-        accelerate_config=lambda w: CFG["models"][w.model]["train_resources"]["accelerate_config"],
+        accelerate_config=lambda w: _train_res(w)["accelerate_config"],
+        nodes=lambda w: _train_res(w)["nodes"],
     script:
         "../scripts/train.py"

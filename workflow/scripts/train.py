@@ -25,6 +25,7 @@ run_job(
         threads=snakemake.threads,
         processes=p.processes,
         accelerate_config=p.accelerate_config,
+        nodes=p.nodes,
         provenance_extra={"model": snakemake.wildcards.model, "run_id": snakemake.wildcards.run_id},
     ),
 )
