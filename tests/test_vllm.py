@@ -89,6 +89,40 @@ def test_vllm_backend_matches_transformers_greedy(smollm2_dir, gsm8k_rows, tmp_p
     assert all(agree)
 
 
+def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_model_dir, gsm8k_rows, tmp_path,
+                                                                           capfd):
+    """eval_resources.gpus: 2 is vLLM's tensor_parallel_size 2: two workers each hold half of every layer (here on
+    the CPU build, with the `mp` executor GPUs use), and the greedy answers are the one-device ones."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pspo.evaluation.runner import evaluate
+
+    model = tmp_path / "tp-model"  # 4 heads of 32 (vLLM's CPU attention needs head_dim >= 32), 2 KV heads: splits in 2
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, initializer_range=0.2,
+                         max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(model)
+    tok.save_pretrained(model)
+    runs = {}
+    for backend, tp in (("vllm", 2), ("transformers", 1)):
+        runs[backend] = evaluate(model_dir=model, data_file=gsm8k_rows, out_samples=tmp_path / f"{backend}.samples.jsonl",
+                                 out_metrics=tmp_path / f"{backend}.metrics.json", benchmark="gsm8k", max_new_tokens=16,
+                                 backend=backend, dtype="float32", threads=2, progress=False, tensor_parallel_size=tp)
+    logged = capfd.readouterr()
+    assert "Worker_TP1" in logged.out + logged.err  # the second tensor-parallel worker ran
+    assert _vllm_processes() == []
+    assert runs["vllm"]["provenance"]["tensor_parallel_size"] == 2
+    read = lambda b: [json.loads(line)["completion"] for line in (tmp_path / f"{b}.samples.jsonl").read_text().splitlines()]  # noqa: E731
+    ours, theirs = read("vllm"), read("transformers")
+    assert len(set(theirs)) > 1, "a degenerate model: every completion the same, nothing to compare"
+    same = sum(a == b for a, b in zip(ours, theirs))
+    assert same >= 0.75 * len(ours), f"only {same}/{len(ours)} greedy completions agree"
+
+
 def test_auto_stays_on_transformers_on_cpu_and_vllm_is_allowed():
     from pspo.evaluation import backends as B
 

@@ -71,6 +71,7 @@ def evaluate_command(a: argparse.Namespace) -> int:
         max_new_tokens=a.max_new_tokens, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
         system_prompt=a.system_prompt, seed=a.seed, progress=not a.no_progress, threads=a.threads,
         overwrite=a.overwrite, require_gpu=a.require_gpu, vllm_enforce_eager=a.vllm_enforce_eager,
+        tensor_parallel_size=a.tensor_parallel_size,
     )
     lo, hi = m["accuracy_ci95"]
     line = (f"{a.benchmark}: accuracy {m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] (n={m['n']}), "
@@ -247,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--require-gpu", action="store_true", help="refuse to run without a GPU")
+    e.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: split the model over this many GPUs")
     e.add_argument("--overwrite", action="store_true", help="replace existing results of a different configuration")
 
     t = command("train", train)

@@ -230,11 +230,11 @@ def _check_semantics(cfg: dict) -> None:
                 raise PSPOError(
                     f"config: models.{model_name}.hyperparameters has unknown run {run!r}; defined runs: {', '.join(runs)}"
                 )
-        if model["eval_resources"]["gpus"] > 1:
+        if model["eval_resources"]["gpus"] > 1 and cfg["evaluation"]["backend"] == "transformers":
             raise PSPOError(
-                f"config: models.{model_name}.eval_resources.gpus is {model['eval_resources']['gpus']}, but an "
-                "evaluation job runs on one GPU (no tensor-parallel path yet), so the others would be reserved and "
-                "idle; set gpus: 1")
+                f"config: models.{model_name}.eval_resources.gpus is {model['eval_resources']['gpus']}, but the "
+                "transformers backend runs on one GPU, so the others would be reserved and idle; set gpus: 1, or "
+                "evaluation.backend: vllm (tensor parallel over the job's GPUs)")
         _check_training_processes(cfg, model_name)
         if model["source"] in ("hub", "local") and not model["path"]:
             raise PSPOError(f"config: models.{model_name}.path is required for source {model['source']!r}")

@@ -28,5 +28,7 @@ rule evaluate:
         ),
         system_prompt=lambda w: CFG["models"][w.model]["system_prompt"],
         require_gpu=lambda w: CFG["models"][w.model]["eval_resources"]["gpus"] > 0,
+        # vLLM splits the model over the job's GPUs
+        tensor_parallel_size=lambda w: max(CFG["models"][w.model]["eval_resources"]["gpus"], 1),
     script:
         "../scripts/evaluate.py"

@@ -21,6 +21,7 @@ run_job(
         vllm_enforce_eager=g["vllm_enforce_eager"],
         system_prompt=snakemake.params.system_prompt,
         require_gpu=snakemake.params.require_gpu,
+        tensor_parallel_size=snakemake.params.tensor_parallel_size,
         threads=snakemake.threads,
         progress=False,
         provenance_extra={"model": w.model, "tag": w.tag},

@@ -95,11 +95,15 @@ def check_settings(*, benchmark: str, temperature: float, n_samples: int, top_p:
 
 
 def make_generator(backend: str, model_dir: str, *, dtype: str = "auto", seed: int = 0, threads: int | None = None,
-                   vllm_enforce_eager: bool | None = None):
+                   vllm_enforce_eager: bool | None = None, tensor_parallel_size: int = 1):
     """The generator ``backend`` names (``auto`` resolved by :func:`pspo.evaluation.backends.resolve_backend`)."""
     backend = resolve_backend(backend)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, dtype=dtype, seed=seed, threads=threads, enforce_eager=vllm_enforce_eager)
+        return VLLMGenerator(model_dir, dtype=dtype, seed=seed, threads=threads, enforce_eager=vllm_enforce_eager,
+                             tensor_parallel_size=tensor_parallel_size)
+    if tensor_parallel_size > 1:
+        raise PSPOError(f"tensor_parallel_size {tensor_parallel_size} needs the vllm backend; the {backend} backend "
+                        "runs on one device")
     return TransformersGenerator(model_dir, dtype=dtype)
 
 
@@ -109,7 +113,7 @@ def evaluate(
     max_new_tokens: int = 128, backend: str = "auto", dtype: str = "auto", batch_size: int | None = None,
     system_prompt: str | None = None, seed: int = 0, provenance_extra: dict | None = None, progress: bool = True,
     threads: int | None = None, generator: Any = None, overwrite: bool = False, require_gpu: bool = False,
-    vllm_enforce_eager: bool | None = None,
+    vllm_enforce_eager: bool | None = None, tensor_parallel_size: int = 1,
 ) -> dict:
     """Evaluate a model on one benchmark file; write ``out_samples`` (JSONL) and ``out_metrics`` (JSON); return
     the metrics dict.
@@ -125,6 +129,8 @@ def evaluate(
     that is an error unless ``overwrite`` (Snakemake removes a job's old outputs itself before it reruns the job).
     ``require_gpu`` refuses to run without CUDA (:func:`pspo.device.job_device`, as training does).
     ``vllm_enforce_eager`` (vLLM only): None is eager on CPU and vLLM's default (compiled, CUDA graphs) on GPUs.
+    ``tensor_parallel_size`` (vLLM only): the model split over that many GPUs (workers on a CPU); greedy answers do
+    not depend on it.
     """
     from pspo.device import job_device
     from pspo.grading import grade
@@ -153,7 +159,8 @@ def evaluate(
     name = "/".join(str(extra[k]) for k in ("model", "tag") if extra.get(k)) or Path(model_dir).name
     with job_device(model=name, require_gpu=require_gpu, threads=threads) as used_threads:
         gen = generator or make_generator(backend, str(model_dir), dtype=dtype, seed=seed, threads=used_threads,
-                                          vllm_enforce_eager=vllm_enforce_eager)
+                                          vllm_enforce_eager=vllm_enforce_eager,
+                                          tensor_parallel_size=tensor_parallel_size)
         try:
             prompts = [render_prompt(gen.tokenizer, r["question"], system_prompt) for r in rows]
             outputs = gen.generate(
@@ -206,7 +213,7 @@ def evaluate(
         metrics["samples_file"] = {"name": out_samples.name, "sha256": _sha256(tmp_samples)}
         metrics["provenance"] = provenance(
             config=settings, data_files=[data_file], model_fingerprint=model_fingerprint(model_dir),
-            torch_threads=used_threads, **(provenance_extra or {}),
+            torch_threads=used_threads, tensor_parallel_size=tensor_parallel_size, **(provenance_extra or {}),
         )
         tmp_metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                encoding="utf-8")

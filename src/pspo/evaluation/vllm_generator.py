@@ -19,7 +19,7 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, model_dir: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
-                 threads: int | None = None, enforce_eager: bool | None = None):
+                 threads: int | None = None, enforce_eager: bool | None = None, tensor_parallel_size: int = 1):
         self.device = "cuda" if backends.cuda_available() else "cpu"
         kwargs: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
         if self.device == "cpu":
@@ -29,6 +29,8 @@ class VLLMGenerator:
         eager = self.device == "cpu" if enforce_eager is None else enforce_eager
         if eager:
             kwargs["enforce_eager"] = True
+        if tensor_parallel_size > 1:  # one worker process per GPU (per share of the cores on a CPU)
+            kwargs.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
         try:
             from vllm import LLM
         except ImportError as e:
