@@ -159,29 +159,33 @@ def test_the_bound_applies_to_the_local_executor_only(monkeypatch):
 def test_under_slurm_a_gpu_job_is_one_task_that_sees_all_its_gpus():
     """The SLURM plugin 2.6.1 adds --ntasks-per-gpu=1 to a GPU job unless its tasks_per_gpu is 0: a 2-GPU training
     job would become two tasks, and its one `srun -n1` step would see one GPU. Every GPU rule sets 0."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (
-        ConfigSettings,
-        DeploymentSettings,
-        OutputSettings,
-        ResourceSettings,
-        StorageSettings,
-        WorkflowSettings,
-    )
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        api_workflow = api.workflow(
-            resource_settings=ResourceSettings(cores=1), storage_settings=StorageSettings(),
-            config_settings=ConfigSettings(configfiles=[REPO / "config" / "config.yaml"]),
-            workflow_settings=WorkflowSettings(), deployment_settings=DeploymentSettings(),
-            snakefile=REPO / "Snakefile", workdir=REPO)
-        workflow = api_workflow._get_workflow()
-        workflow.include(api_workflow.snakefile, overwrite_default_target=True)
-        gpu_rules = {r.name: r.resources for r in workflow.rules if "gpu" in r.resources}
-    assert set(gpu_rules) == {"preflight", "train", "evaluate"}
-    assert all(res["tasks_per_gpu"].value == 0 for res in gpu_rules.values())
+    # The workflow is parsed in its own process: an included Snakefile leaves a storage registry in this one whose
+    # attribute lookups answer anything, and vLLM's kernel dispatcher, scanning every module, fails on it later.
+    parse = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from snakemake.api import SnakemakeApi
+        from snakemake.settings.types import (ConfigSettings, DeploymentSettings, OutputSettings, ResourceSettings,
+                                              StorageSettings, WorkflowSettings)
+        repo = Path(sys.argv[1])
+        with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+            api_workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1), storage_settings=StorageSettings(),
+                config_settings=ConfigSettings(configfiles=[repo / "config" / "config.yaml"]),
+                workflow_settings=WorkflowSettings(), deployment_settings=DeploymentSettings(),
+                snakefile=repo / "Snakefile", workdir=repo)
+            workflow = api_workflow._get_workflow()
+            workflow.include(api_workflow.snakefile, overwrite_default_target=True)
+            print(json.dumps({r.name: r.resources["tasks_per_gpu"].value for r in workflow.rules
+                              if "gpu" in r.resources}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", parse, str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks_per_gpu = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tasks_per_gpu == {"preflight": 0, "train": 0, "evaluate": 0}
 
     class Resources(dict):
         __getattr__ = dict.__getitem__

@@ -90,7 +90,7 @@ def test_vllm_backend_matches_transformers_greedy(smollm2_dir, gsm8k_rows, tmp_p
 
 
 def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_model_dir, gsm8k_rows, tmp_path,
-                                                                           capfd):
+                                                                           capfd, monkeypatch):
     """eval_resources.gpus: 2 is vLLM's tensor_parallel_size 2: two workers each hold half of every layer (here on
     the CPU build, with the `mp` executor GPUs use), and the greedy answers are the one-device ones."""
     import torch
@@ -107,6 +107,9 @@ def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(model)
     tok.save_pretrained(model)
+    # the workers' log lines reach the captured fd only if written at once: a worker stopped at shutdown would
+    # otherwise take its buffered stdout with it
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     runs = {}
     for backend, tp in (("vllm", 2), ("transformers", 1)):
         runs[backend] = evaluate(model_dir=model, data_file=gsm8k_rows, out_samples=tmp_path / f"{backend}.samples.jsonl",
