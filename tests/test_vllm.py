@@ -90,7 +90,7 @@ def test_vllm_backend_matches_transformers_greedy(smollm2_dir, gsm8k_rows, tmp_p
 
 
 def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_model_dir, gsm8k_rows, tmp_path,
-                                                                           capfd, monkeypatch):
+                                                                           monkeypatch):
     """eval_resources.gpus: 2 is vLLM's tensor_parallel_size 2: two workers each hold half of every layer (here on
     the CPU build, with the `mp` executor GPUs use), and the greedy answers are the one-device ones."""
     import torch
@@ -107,16 +107,24 @@ def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(model)
     tok.save_pretrained(model)
-    # the workers' log lines reach the captured fd only if written at once: a worker stopped at shutdown would
-    # otherwise take its buffered stdout with it
-    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    from pspo.evaluation.vllm_generator import VLLMGenerator
+
+    workers = []  # (rank, pid) of each worker, asked of the engine before it stops
+    close = VLLMGenerator.close
+
+    def close_after_asking(self):
+        workers.extend(self.llm.collective_rpc(lambda worker: (worker.rank, os.getpid())))
+        close(self)
+
+    monkeypatch.setattr(VLLMGenerator, "close", close_after_asking)
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the engine pickles that question to the workers
     runs = {}
     for backend, tp in (("vllm", 2), ("transformers", 1)):
         runs[backend] = evaluate(model_dir=model, data_file=gsm8k_rows, out_samples=tmp_path / f"{backend}.samples.jsonl",
                                  out_metrics=tmp_path / f"{backend}.metrics.json", benchmark="gsm8k", max_new_tokens=16,
                                  backend=backend, dtype="float32", threads=2, progress=False, tensor_parallel_size=tp)
-    logged = capfd.readouterr()
-    assert "Worker_TP1" in logged.out + logged.err  # the second tensor-parallel worker ran
+    ranks, pids = zip(*sorted(workers))
+    assert ranks == (0, 1) and len(set(pids)) == 2 and os.getpid() not in pids  # two worker processes ran it
     assert _vllm_processes() == []
     assert runs["vllm"]["provenance"]["tensor_parallel_size"] == 2
     read = lambda b: [json.loads(line)["completion"] for line in (tmp_path / f"{b}.samples.jsonl").read_text().splitlines()]  # noqa: E731
