@@ -111,12 +111,14 @@ def limits(mdir: Path, batch: int, context: int) -> dict:
     import torch
     from transformers import AutoConfig
 
+    from pspo.device import cpu_has_bf16_units
     from pspo.memory import parameter_count
 
     config = AutoConfig.from_pretrained(mdir)
     flop_per_token = 2 * parameter_count(mdir)  # every weight once per token (the tied head is the embedding)
     out = {"flop_per_token": flop_per_token}
-    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    dtypes = [("float32", torch.float32)] + ([("bfloat16", torch.bfloat16)] if cpu_has_bf16_units() else [])
+    for name, dt in dtypes:
         square = matmul_rate(dt, 2048, 2048, 2048)
         decode = matmul_rate(dt, batch, config.hidden_size, config.intermediate_size)
         out[name] = {"square_gflops": square, "decode_gflops": decode, "bound_tok_s": decode * 1e9 / flop_per_token,
@@ -125,11 +127,19 @@ def limits(mdir: Path, batch: int, context: int) -> dict:
 
 
 def print_limits(lim: dict, batch: int, context: int) -> None:
+    from pspo.device import cpu_features
+
+    print(f"cpu flags: {' '.join(sorted(cpu_features())) or 'none read'}", flush=True)
     for name in ("float32", "bfloat16"):
+        if name not in lim:
+            print(f"limits {name}: not measured (no AVX512-BF16 or AMX: bf16 matmuls run far slower than fp32 here)")
+            continue
         r = lim[name]
         print(f"limits {name}: matmul {r['square_gflops']:.0f} GFLOP/s square, {r['decode_gflops']:.0f} decode-shaped "
               f"(batch {batch}) -> bound {r['bound_tok_s']:.0f} tok/s at {lim['flop_per_token'] / 1e9:.2f} GFLOP/token; "
               f"raw decode step (batch {batch}, {context}-token cache) {r['raw_decode_tok_s']:.0f} tok/s", flush=True)
+    if "bfloat16" not in lim:
+        return
     f, b = lim["float32"], lim["bfloat16"]
     print(f"bf16 / fp32: matmul {b['decode_gflops'] / f['decode_gflops']:.2f}x decode-shaped, "
           f"{b['square_gflops'] / f['square_gflops']:.2f}x square; raw decode step "
@@ -137,6 +147,8 @@ def print_limits(lim: dict, batch: int, context: int) -> None:
 
 
 def share(tok_s: float, lim: dict, dtype: str) -> str:
+    if dtype not in lim:
+        return f"no {dtype} limits measured on this CPU"
     r = lim[dtype]
     return (f"{tok_s / r['raw_decode_tok_s']:.0%} of the raw decode step, {tok_s / r['bound_tok_s']:.0%} of the "
             f"{dtype} compute bound")
@@ -287,6 +299,14 @@ def main(argv: list[str] | None = None) -> int:
               f"(prefill {th['prefill_seconds']:.1f} s) = {ours:.1f} tok/s; evaluate() end to end {wall:.1f} s; "
               f"accuracy {m['accuracy']:.3f}, truncated {m['truncation_rate']:.3f}", flush=True)
         print(f"  = {share(ours, lim, m['generation']['dtype'])}", flush=True)
+        decode = th["generation_seconds"] - th["prefill_seconds"]
+        loop = decode - th["decode_forward_seconds"]
+        forward_rate = th["decode_forward_rows"] / th["decode_forward_seconds"]
+        print(f"  decode steps: {decode:.1f} s = the model's forward {th['decode_forward_seconds']:.1f} s "
+              f"({forward_rate:.0f} rows/s = {share(forward_rate, lim, m['generation']['dtype']).split(',')[0]}) + "
+              f"the loop's own work {loop:.1f} s ({loop / th['decode_forward_seconds']:.1%} of the forward); "
+              f"decode alone {th['completion_tokens'] / decode:.1f} tok/s = "
+              f"{share(th['completion_tokens'] / decode, lim, m['generation']['dtype']).split(',')[0]}", flush=True)
         if not a.skip_naive:
             tokens, secs = naive_generate(mdir, [r["question"] for r in rows[:a.naive_prompts]], a.max_new_tokens)
             naive = tokens / secs

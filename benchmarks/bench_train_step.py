@@ -63,16 +63,6 @@ def make_batch(tokenizer, n: int, completion_length: int, seed: int = 0) -> dict
 
 
 # ------------------------------------------------------------------------------------------ whole-step breakdown
-def cpu_features() -> set[str]:
-    """CPU flags that decide whether bf16 can pay off (never assumed: read from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
-
-
 def breakdown_worker(steps: int, threads: int, bf16: bool, out_dir: str) -> dict:
     """One real CPU-grid training run of ``steps`` optimiser steps, every phase timed."""
     import collections
@@ -123,8 +113,10 @@ def breakdown_main(steps: int) -> None:
     import sys
     import tempfile
 
+    from pspo.device import cpu_features, cpu_has_bf16_units
+
     features = cpu_features()
-    bf16_ok = bool(features & {"avx512_bf16", "amx_bf16"})
+    bf16_ok = cpu_has_bf16_units()
 
     def run(threads: int, bf16: bool, copies: int) -> list[dict]:
         cmd = [sys.executable, __file__, "--worker", "--steps", str(steps), "--threads", str(threads)]

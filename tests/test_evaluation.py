@@ -115,6 +115,31 @@ def test_greedy_matches_transformers_generate(greedy_run, generator):
             assert tuple(out[0, ids.shape[1]:].tolist()) == o[0].token_ids
 
 
+def test_grouped_decode_attention_is_sdpa_on_a_padded_gqa_batch(generator):
+    """One new token per row over grouped KV heads, with a padding mask and the cache a view of a larger buffer (as
+    the loop's preallocated layers hold it): the regrouped attention equals transformers' sdpa, which copies the
+    cache once per query head; the loop's model uses it."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    b, kv, groups, length, d = 5, 3, 3, 17, 16
+    module = types.SimpleNamespace(num_key_value_groups=groups, is_causal=True, training=False)
+    q = torch.randn(b, 1, kv * groups, d).transpose(1, 2)  # as the model hands it over
+    k, v = torch.randn(b, kv, length + 8, d)[:, :, :length], torch.randn(b, kv, length + 8, d)[:, :, :length]
+    mask = torch.ones(b, 1, 1, length, dtype=torch.bool)
+    mask[1, ..., :6] = False
+    mask[3, ..., :2] = False
+    ours, _ = TL._grouped_decode_attention(module, q, k, v, mask, scaling=d ** -0.5)
+    theirs, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=d ** -0.5)
+    assert ours.shape == theirs.shape == (b, 1, kv * groups, d)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    unmasked, _ = TL._grouped_decode_attention(module, q, k, v, None, scaling=d ** -0.5)
+    assert not torch.allclose(unmasked[1], theirs[1], atol=1e-3)  # the mask is applied (the check can fail)
+    assert generator.attention == TL.GROUPED_DECODE_ATTENTION
+    assert generator.model.config._attn_implementation == TL.GROUPED_DECODE_ATTENTION
+
+
 def test_metrics_recomputed_from_samples_equal_metrics_json(greedy_run):
     _, samples, metrics = greedy_run
     stored = json.loads(metrics.read_text())

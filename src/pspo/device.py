@@ -17,6 +17,23 @@ from pspo.errors import PSPOError
 GPU_MESSAGE = ("this is a GPU-sized job (model {model}); no GPU here: use config/cpu.yaml for a CPU run, "
                "or run on a cluster with `snakemake --profile slurm`")
 THREADS_ENV = "PSPO_TORCH_THREADS"  # torch's CPU threads when the caller gives none (benchmarks, ad-hoc runs)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the ones that decide fp32 vs bf16 speed
+
+
+def cpu_features() -> set[str]:
+    """Which of CPU_FLAGS this CPU has (read from /proc/cpuinfo, never assumed; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return set()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return set(flags) & set(CPU_FLAGS)
+
+
+def cpu_has_bf16_units() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls faster than fp32. Without them (AVX2) bf16 runs far slower than fp32."""
+    return bool(cpu_features() & {"avx512_bf16", "amx_bf16"})
 
 
 DRIVER_MESSAGE = ("nvidia-smi sees {gpus} (driver {driver}) but torch {torch} (built for CUDA {cuda}) cannot use it: "

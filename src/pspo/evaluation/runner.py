@@ -207,7 +207,8 @@ def evaluate(
         metrics["throughput"] = {
             "completion_tokens": stats.get("completion_tokens"), "prefill_tokens": stats.get("prefill_tokens"),
             "generation_seconds": stats.get("seconds"), "prefill_seconds": stats.get("prefill_seconds"),
-            "tokens_per_second": stats.get("tokens_per_second"),
+            "decode_forward_seconds": stats.get("decode_forward_seconds"),
+            "decode_forward_rows": stats.get("decode_forward_rows"), "tokens_per_second": stats.get("tokens_per_second"),
         }
         metrics["generation"] = settings
         metrics["samples_file"] = {"name": out_samples.name, "sha256": _sha256(tmp_samples)}
