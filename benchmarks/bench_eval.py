@@ -3,6 +3,7 @@
     python benchmarks/bench_eval.py                       # 64 GSM8K test prompts x 128 new tokens; naive on 8
     python benchmarks/bench_eval.py --threads 1           # e.g. on a machine shared with other jobs
     python benchmarks/bench_eval.py --dtype-study 128     # also: how often bf16 and fp32 greedy completions differ
+    python benchmarks/bench_eval.py --attention           # also: the loop's grouped decode attention vs sdpa
     python benchmarks/bench_eval.py --vllm --skip-naive   # also: vLLM (its CPU build here) vs our loop, fp32 and
                                                           # bf16, load time apart, same prompts, ratios in one run
 
@@ -166,7 +167,7 @@ def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_toke
 
 
 def generator_run(backend: str, mdir: Path, questions: list[str], dtype: str, max_new_tokens: int,
-                  threads: int | None, eager: bool | None = None) -> dict:
+                  threads: int | None, eager: bool | None = None, attention: str | None = None) -> dict:
     """Load one backend (timed apart) and generate greedily on ``questions``; its completion-token throughput."""
     from pspo.evaluation.transformers_loop import TransformersGenerator
     from pspo.evaluation.vllm_generator import VLLMGenerator
@@ -175,6 +176,8 @@ def generator_run(backend: str, mdir: Path, questions: list[str], dtype: str, ma
     t0 = time.perf_counter()
     gen = VLLMGenerator(str(mdir), dtype=dtype, threads=threads, enforce_eager=eager) if backend == "vllm" else \
         TransformersGenerator(str(mdir), dtype=dtype)
+    if attention is not None:  # e.g. transformers' own sdpa instead of the loop's grouped decode attention
+        gen.model.set_attn_implementation(attention)
     load = time.perf_counter() - t0
     prompts = [render_prompt(gen.tokenizer, q) for q in questions]
     out = gen.generate(prompts, max_new_tokens=max_new_tokens, progress=False)
@@ -221,6 +224,21 @@ def _vllm_child(spec: str, n: int, max_new_tokens: int, threads: int | None) -> 
     return json.loads(lines[-1])
 
 
+def attention_comparison(mdir: Path, questions: list[str], dtype: str, max_new_tokens: int,
+                         threads: int | None) -> None:
+    """The loop with its grouped decode attention vs transformers' sdpa (which copies the KV cache per query head
+    under a padding mask), same prompts, one process."""
+    from pspo.evaluation.transformers_loop import GROUPED_DECODE_ATTENTION
+
+    runs = {name: generator_run("transformers", mdir, questions, dtype, max_new_tokens, threads, attention=name)
+            for name in (GROUPED_DECODE_ATTENTION, "sdpa")}
+    g, s = runs[GROUPED_DECODE_ATTENTION], runs["sdpa"]
+    same = sum(a == b for a, b in zip(g["completions"], s["completions"]))
+    print(f"attention ({dtype}): grouped decode {g['tokens_per_second']:.1f} tok/s, transformers' sdpa "
+          f"{s['tokens_per_second']:.1f} tok/s: {g['tokens_per_second'] / s['tokens_per_second']:.2f}x; identical "
+          f"greedy completions {same}/{len(questions)}", flush=True)
+
+
 def vllm_compile_cost(questions: list[str], max_new_tokens: int, threads: int | None) -> None:
     """vLLM fp32 with enforce_eager (the CPU default) vs compiled, each in a fresh process (a cold compile cache
     is not guaranteed: a second run reuses $VLLM_CACHE_ROOT, which is what later jobs of a grid see)."""
@@ -250,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype-study", type=int, default=0, metavar="N",
                    help="also evaluate N prompts greedily in float32 and bfloat16 and compare the completions")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--attention", action="store_true",
+                   help="also run the loop with transformers' sdpa attention instead of its grouped decode attention")
     p.add_argument("--vllm", action="store_true", help="also compare vLLM with our loop (fp32 and bf16)")
     p.add_argument("--vllm-compile", action="store_true",
                    help="only vLLM fp32 eager vs compiled (vLLM's default off CPU): load time and generation speed")
@@ -313,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"naive batch-1 generate (float32): {a.naive_prompts} prompts, {tokens} completion tokens in "
                   f"{secs:.1f} s = {naive:.1f} tok/s", flush=True)
             print(f"speed-up: {ours / naive:.1f}x   (targets: >= 8x and >= 1500 tok/s)")
+        if a.attention:
+            attention_comparison(mdir, [r["question"] for r in rows[:a.prompts]], m["generation"]["dtype"],
+                                 a.max_new_tokens, a.threads)
         if a.vllm:
             vllm_comparison(mdir, [r["question"] for r in rows[:a.prompts]], a.max_new_tokens, a.threads, lim)
         if a.dtype_study:
