@@ -3,8 +3,9 @@
 A KV cache with left padding; prompts sorted by length and prefilled in length buckets (a prefix shared by every
 prompt prefilled once); preallocated KV layers, read in place by the decode attention; finished rows dropped from the
 batch and padding columns trimmed; stop at EOS per row. Greedy (T=0) is argmax and deterministic; sampling draws
-batch-invariant uniforms (:mod:`pspo.evaluation.sampling`). Each completion holds the generated token IDs (up to and including the stop
-token, nothing after it), the decoded text (special tokens skipped) and ``finish_reason`` ("stop" | "length").
+batch-invariant uniforms (:mod:`pspo.evaluation.sampling`). Each completion holds the generated token IDs (up to and
+including the stop token, nothing after it), the decoded text (special tokens skipped) and ``finish_reason``
+("stop" | "length").
 """
 
 from __future__ import annotations
