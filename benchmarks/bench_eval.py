@@ -147,12 +147,16 @@ def print_limits(lim: dict, batch: int, context: int) -> None:
           f"{b['raw_decode_tok_s'] / f['raw_decode_tok_s']:.2f}x", flush=True)
 
 
-def share(tok_s: float, lim: dict, dtype: str) -> str:
+def raw_share(tok_s: float, lim: dict, dtype: str) -> str:
     if dtype not in lim:
         return f"no {dtype} limits measured on this CPU"
-    r = lim[dtype]
-    return (f"{tok_s / r['raw_decode_tok_s']:.0%} of the raw decode step, {tok_s / r['bound_tok_s']:.0%} of the "
-            f"{dtype} compute bound")
+    return f"{tok_s / lim[dtype]['raw_decode_tok_s']:.0%} of the raw decode step"
+
+
+def share(tok_s: float, lim: dict, dtype: str) -> str:
+    if dtype not in lim:
+        return raw_share(tok_s, lim, dtype)
+    return f"{raw_share(tok_s, lim, dtype)}, {tok_s / lim[dtype]['bound_tok_s']:.0%} of the {dtype} compute bound"
 
 
 def run_eval(mdir: Path, data_file: Path, out: Path, *, dtype: str, max_new_tokens: int, threads: int | None,
@@ -319,14 +323,13 @@ def main(argv: list[str] | None = None) -> int:
               f"(prefill {th['prefill_seconds']:.1f} s) = {ours:.1f} tok/s; evaluate() end to end {wall:.1f} s; "
               f"accuracy {m['accuracy']:.3f}, truncated {m['truncation_rate']:.3f}", flush=True)
         print(f"  = {share(ours, lim, m['generation']['dtype'])}", flush=True)
-        decode = th["generation_seconds"] - th["prefill_seconds"]
-        loop = decode - th["decode_forward_seconds"]
-        forward_rate = th["decode_forward_rows"] / th["decode_forward_seconds"]
-        print(f"  decode steps: {decode:.1f} s = the model's forward {th['decode_forward_seconds']:.1f} s "
-              f"({forward_rate:.0f} rows/s = {share(forward_rate, lim, m['generation']['dtype']).split(',')[0]}) + "
-              f"the loop's own work {loop:.1f} s ({loop / th['decode_forward_seconds']:.1%} of the forward); "
-              f"decode alone {th['completion_tokens'] / decode:.1f} tok/s = "
-              f"{share(th['completion_tokens'] / decode, lim, m['generation']['dtype']).split(',')[0]}", flush=True)
+        dtype = m["generation"]["dtype"]
+        decode, forward = th["generation_seconds"] - th["prefill_seconds"], th["decode_forward_seconds"]
+        loop, forward_rate = decode - forward, th["decode_forward_rows"] / forward
+        print(f"  decode steps: {decode:.1f} s = the model's forward {forward:.1f} s ({forward_rate:.0f} rows/s = "
+              f"{raw_share(forward_rate, lim, dtype)}) + the loop's own work {loop:.1f} s ({loop / forward:.1%} of the "
+              f"forward); decode alone {th['completion_tokens'] / decode:.1f} tok/s = "
+              f"{raw_share(th['completion_tokens'] / decode, lim, dtype)}", flush=True)
         if not a.skip_naive:
             tokens, secs = naive_generate(mdir, [r["question"] for r in rows[:a.naive_prompts]], a.max_new_tokens)
             naive = tokens / secs

@@ -97,6 +97,7 @@ def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from pspo.evaluation.runner import evaluate
+    from pspo.evaluation.vllm_generator import VLLMGenerator
 
     model = tmp_path / "tp-model"  # 4 heads of 32 (vLLM's CPU attention needs head_dim >= 32), 2 KV heads: splits in 2
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -107,8 +108,6 @@ def test_tensor_parallel_evaluation_splits_the_model_and_keeps_the_answers(tiny_
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(model)
     tok.save_pretrained(model)
-    from pspo.evaluation.vllm_generator import VLLMGenerator
-
     workers = []  # (rank, pid) of each worker, asked of the engine before it stops
     close = VLLMGenerator.close
 

@@ -61,17 +61,16 @@ def _grouped_decode_attention(module, query, key, value, attention_mask, dropout
     return out.reshape(b, 1, heads, value.shape[-1]), None
 
 
-def _use_grouped_decode_attention(model) -> bool:
+def _use_grouped_decode_attention(model) -> None:
     """Switch a model loaded with sdpa attention to :func:`_grouped_decode_attention` (sdpa's masks)."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
+        return
     AttentionInterface.register(GROUPED_DECODE_ATTENTION, _grouped_decode_attention)
     AttentionMaskInterface.register(GROUPED_DECODE_ATTENTION, sdpa_mask)
     model.set_attn_implementation(GROUPED_DECODE_ATTENTION)
-    return True
 
 
 def _prealloc_layer_class():
@@ -145,12 +144,16 @@ class TransformersGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, self.dtype))
         self.model.to(self.device).eval()
-        self.attention = GROUPED_DECODE_ATTENTION if _use_grouped_decode_attention(self.model) else \
-            getattr(self.model.config, "_attn_implementation", None)
+        _use_grouped_decode_attention(self.model)
         self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids)
         self.last_stats: dict = {}
+
+    @property
+    def attention(self) -> str | None:
+        """The model's attention implementation (GROUPED_DECODE_ATTENTION where it was loaded with sdpa)."""
+        return getattr(self.model.config, "_attn_implementation", None)
 
     def _prefix_cache(self, prefix: list[int]):
         """KV cache of the prompt prefix shared by every prompt (chat template + system prompt), computed once."""
